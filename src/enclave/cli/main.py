@@ -1,0 +1,109 @@
+"""The ``enclave`` Typer app and its process entry point.
+
+``run()`` is the console script. It turns every :class:`~enclave.errors.EnclaveError` into one
+line on stderr and the error's documented exit code; an unexpected exception is reported in one
+line too (exit 70), with the traceback only under ``--debug``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+from typing import Annotated, NoReturn
+
+import typer
+
+from enclave._version import __version__
+from enclave.cli import init as init_cmd
+from enclave.cli import schema as schema_cmd
+from enclave.cli import validate as validate_cmd
+from enclave.cli.logs import LogFormat, LogLevel, configure
+from enclave.errors import EXIT_CODES, EXIT_INTERNAL, EnclaveError, InputError, SpecError
+
+log = logging.getLogger(__name__)
+
+_EPILOG = "Exit codes: " + "; ".join(f"{code} {text}" for code, text in EXIT_CODES.items())
+
+
+class _State:
+    debug = False
+
+
+app = typer.Typer(
+    name="enclave",
+    help="Provision sandboxed, air-gapped model-serving enclaves and keep them honest.",
+    epilog=_EPILOG,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+app.command("init")(init_cmd.init)
+app.command("validate")(validate_cmd.validate)
+app.command("schema")(schema_cmd.schema)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"enclave {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _global(
+    log_format: Annotated[
+        LogFormat, typer.Option("--log-format", help="Log line format on stderr.")
+    ] = LogFormat.TEXT,
+    log_level: Annotated[
+        LogLevel, typer.Option("--log-level", help="Least severe level logged.")
+    ] = LogLevel.WARNING,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show tracebacks of internal errors.")
+    ] = False,
+    _show_version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    configure(log_format, log_level)
+    _State.debug = debug
+
+
+def main(argv: list[str] | None = None) -> int:  # noqa: PLR0911 - one exit per error kind
+    """Run the CLI with ``argv`` and return its exit code (never raises, never prints a trace)."""
+    args = sys.argv[1:] if argv is None else argv
+    _State.debug = "--debug" in args
+    try:
+        result = app(args=args, prog_name="enclave", standalone_mode=False)
+    except typer.Exit as exc:
+        return int(exc.exit_code)
+    except typer.Abort:
+        typer.echo("enclave: aborted", err=True)
+        return 130
+    except typer.TyperException as exc:  # usage errors: bad option, missing argument, ...
+        show = getattr(exc, "show", None)
+        if callable(show):
+            show()
+        else:
+            typer.echo(f"enclave: error: {exc}", err=True)
+        return int(getattr(exc, "exit_code", InputError.exit_code))
+    except SpecError as exc:
+        for problem in exc.problems:
+            typer.echo(str(problem), err=True)
+        return exc.exit_code
+    except EnclaveError as exc:
+        typer.echo(f"enclave: error: {exc}", err=True)
+        return exc.exit_code
+    except Exception as exc:  # the one place that turns bugs into exit 70
+        log.debug("internal error", exc_info=True)
+        if _State.debug:
+            traceback.print_exc()
+        typer.echo(f"enclave: internal error: {type(exc).__name__}: {exc}", err=True)
+        return EXIT_INTERNAL
+    return result if isinstance(result, int) else 0
+
+
+def run() -> NoReturn:
+    """Console-script entry point."""
+    sys.exit(main())

@@ -1,0 +1,3 @@
+"""Tests against real services: the Docker engine and OpenBao."""
+
+from __future__ import annotations

