@@ -57,7 +57,8 @@ class Problem:
         where = f"{self.file}:{self.line}:{self.column}" if self.line else self.file
         field = f" {self.path}:" if self.path else ""
         prefix = "" if self.severity is Severity.ERROR else " warning:"
-        return f"{where}:{prefix}{field} {self.message}"
+        message = self.message.replace("\r", "\\r").replace("\n", "\\n")
+        return f"{where}:{prefix}{field} {message}"
 
     def as_dict(self) -> dict[str, str | int]:
         return {

@@ -41,9 +41,21 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at emit time (honours later redirection)."""
+
+    @property
+    def stream(self) -> object:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: object) -> None:
+        pass
+
+
 def configure(fmt: LogFormat, level: LogLevel) -> None:
     """Send enclave's logs to stderr in ``fmt`` at ``level`` (replacing earlier set-up)."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     if fmt is LogFormat.JSON:
         handler.setFormatter(JsonFormatter())
     else:

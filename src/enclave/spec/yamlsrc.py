@@ -32,6 +32,7 @@ Path = tuple[str | int, ...]
 _MAP = "tag:yaml.org,2002:map"
 _SEQ = "tag:yaml.org,2002:seq"
 _MERGE = "tag:yaml.org,2002:merge"
+_TIMESTAMP = "tag:yaml.org,2002:timestamp"
 _SCALAR_TAGS = frozenset(
     f"tag:yaml.org,2002:{name}" for name in ("str", "int", "float", "bool", "null")
 )
@@ -119,11 +120,15 @@ class _Builder:
         raise self.fail(node, "unsupported YAML node")  # pragma: no cover - PyYAML has 3 kinds
 
     def scalar(self, node: ScalarNode) -> Any:
+        if node.tag == _TIMESTAMP:  # a date-like plain value stays the string it was written as
+            return node.value
         if node.tag not in _SCALAR_TAGS:
             raise self.fail(node, f"unsupported YAML tag {node.tag!r} (only plain values)")
         try:
             return self.scalars.construct_object(node)
-        except (ConstructorError, ValueError, OverflowError) as exc:
+        except ConstructorError as exc:
+            raise self.fail(node, f"invalid value: {exc.problem}") from None
+        except (ValueError, OverflowError) as exc:
             raise self.fail(node, f"invalid value: {exc}") from None
 
     def mapping(self, node: MappingNode, path: Path, depth: int) -> dict[Any, Any]:
