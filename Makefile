@@ -50,7 +50,7 @@ typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
 bench: setup
-	$(PY) -m bench
+	PYTHONPATH=tests $(PY) -m bench
 
 clean:
 	rm -rf .demo build dist .mypy_cache .ruff_cache .pytest_cache

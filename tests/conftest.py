@@ -12,6 +12,7 @@ Fixtures (other tests rely on these names and types):
   networks and removes them by id at teardown.
 - ``openbao`` (session) -> ``OpenBaoServer``: a running, unsealed OpenBao.
 - ``openbao_client`` (function) -> ``hvac.Client`` with the root token, closed after.
+- ``workspace`` (function) -> ``Workspace``: a temp dir with the usage catalog, for spec tests.
 
 Tests using the Docker fixtures are marked ``docker`` and those using OpenBao ``vault``
 automatically; a test carrying either marker gets the service started (or skipped) even if it
@@ -40,9 +41,11 @@ from support.openbao import (
     hvac_client,
     running_openbao,
 )
+from support.workspace import Workspace, make_workspace
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from pathlib import Path
 
     from docker import DockerClient
 
@@ -133,3 +136,9 @@ def openbao_client(openbao: OpenBaoServer) -> Iterator[Any]:
     """An ``hvac.Client`` authenticated with the root token; its session is closed after."""
     with hvac_client(openbao.address, openbao.root_token) as client:
         yield client
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Workspace:
+    """A temp directory with the usage catalog in place; writes spec files (no service)."""
+    return make_workspace(tmp_path)

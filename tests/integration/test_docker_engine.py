@@ -93,7 +93,7 @@ def test_resources_are_removed_by_id(
     container = resources.container(
         base_image, ["sleep", "30"], role="cleanup", network=network.name
     )
-    assert container.labels == {"enclave.dev/test": test_run_id}
+    assert container.labels["enclave.dev/test"] == test_run_id
     assert resources.cleanup() == []
     with pytest.raises(docker.errors.NotFound):
         docker_client.containers.get(container.id or "")

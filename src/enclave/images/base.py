@@ -175,6 +175,8 @@ def build_rootfs(
         rootfs = work / "rootfs"
         logger.info("building base rootfs %s with debootstrap", recipe.digest[:12])
         _run(debootstrap_argv(recipe, rootfs, program), "debootstrap", timeout_s)
+        if not rootfs.is_dir():
+            raise ServiceError(f"debootstrap produced no rootfs at {rootfs}")
         rootfs.chmod(0o755)
         partial = work / "rootfs.tar"
         _run(tar_argv(rootfs, partial), "tar", timeout_s)
