@@ -9,9 +9,11 @@ catch a third-party type. Each class carries the process exit code the CLI uses 
     │   └── SpecError       2  an enclave spec or usage catalog is invalid; holds every Problem
     ├── ConflictError       3  the operation would overwrite or contradict existing state
     ├── NotFoundError       4  a named object does not exist
-    └── ServiceError        5  a service enclave depends on is unavailable or failed
-        ├── DockerError     5  the Docker engine
-        └── VaultError      5  Vault / OpenBao
+    ├── ServiceError        5  a service enclave depends on is unavailable or failed
+    │   ├── DockerError     5  the Docker engine
+    │   └── VaultError      5  Vault / OpenBao
+    ├── IntegrityError      6  evidence failed verification (tampering, corruption, truncation)
+    └── AuditError          1  the audit log cannot record (a request is then refused)
 
 Exit code 0 means success; 70 is reserved for an internal error (a bug in enclave), which the
 CLI reports in one line as well.
@@ -123,6 +125,16 @@ class VaultError(ServiceError):
     """Vault (or OpenBao) is unreachable, sealed, or refused an operation."""
 
 
+class IntegrityError(EnclaveError):
+    """Evidence (an audit log, a bundle, a signature) failed verification."""
+
+    exit_code: ClassVar[int] = 6
+
+
+class AuditError(EnclaveError):
+    """The audit log cannot record; whatever needed the record must not proceed."""
+
+
 EXIT_CODES: dict[int, str] = {
     EXIT_OK: "success",
     EnclaveError.exit_code: "the operation failed",
@@ -130,6 +142,7 @@ EXIT_CODES: dict[int, str] = {
     ConflictError.exit_code: "refused: would overwrite or contradict existing state",
     NotFoundError.exit_code: "not found",
     ServiceError.exit_code: "a required service (Docker, Vault) is unavailable or failed",
+    IntegrityError.exit_code: "verification failed: evidence was tampered with or is damaged",
     EXIT_INTERNAL: "internal error in enclave (please report it)",
 }
 """Every exit code the CLI uses, with its meaning (rendered by ``enclave --help``)."""
