@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
-from typing import Any, TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from enclave.audit.checkpoint import Checkpoint
 from enclave.audit.layout import Layout, LogMeta, iter_lines

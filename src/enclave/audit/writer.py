@@ -17,6 +17,7 @@ If a write fails, the log fails closed: that batch and every later ``append`` ra
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -374,7 +375,7 @@ class AuditLog:
         except Exception as exc:  # any failure to persist fails the log closed
             error = AuditError(f"audit log {self.layout.root}: write failed: {exc}")
             self._failed = error
-            log.exception("audit log %s failed closed: %s", self.layout.root, exc)
+            log.exception("audit log %s failed closed", self.layout.root)
             self._finish(batch, error)
             return
         self._seq, self._head = seq, head
@@ -391,10 +392,8 @@ class AuditLog:
                 view = view[written:]
             os.fdatasync(self._fd)
         except OSError:
-            try:  # leave no partial records behind
+            with contextlib.suppress(OSError):  # leave no partial records behind
                 os.ftruncate(self._fd, start)
-            except OSError:
-                pass
             raise
         self._segment_bytes = start + len(data)
 
@@ -413,7 +412,7 @@ class AuditLog:
             self._write_checkpoint()
         except Exception as exc:  # a lost checkpoint fails the log closed as well
             self._failed = AuditError(f"audit log {self.layout.root}: checkpoint failed: {exc}")
-            log.exception("audit log %s failed closed: %s", self.layout.root, exc)
+            log.exception("audit log %s failed closed", self.layout.root)
 
     def _write_checkpoint(self) -> Checkpoint:
         checkpoint = make_checkpoint(
