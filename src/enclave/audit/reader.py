@@ -1,0 +1,132 @@
+"""Reading an audit log: every record, the last N, or those matching filters.
+
+Reading does not verify (``verify_log`` does); a line that cannot be parsed stops the read with
+an :class:`~enclave.errors.IntegrityError` naming it, rather than being skipped silently.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from enclave.audit.layout import Layout, iter_lines
+from enclave.audit.record import AuditRecord, Decision, decode
+from enclave.errors import InputError, IntegrityError
+from enclave.spec.units import parse_duration
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+
+def iter_records(path: Path, *, start: int = 1) -> Iterator[AuditRecord]:
+    """Every complete record of the log at ``path`` with ``seq >= start``, in order."""
+    layout = Layout(path)
+    layout.read_meta()
+    segments = layout.segments()
+    for index, (first_seq, segment) in enumerate(segments):
+        following = segments[index + 1][0] if index + 1 < len(segments) else None
+        if following is not None and following <= start:
+            continue
+        for offset, line in iter_lines(segment):
+            if not line.endswith(b"\n"):
+                return  # a torn tail is not a record
+            if first_seq < start and not _seq_at_least(line, start):
+                continue
+            try:
+                yield decode(line)
+            except (ValueError, KeyError, TypeError) as exc:
+                raise IntegrityError(
+                    f"{segment}: unreadable record at byte {offset} ({type(exc).__name__}); "
+                    "run `enclave audit verify`"
+                ) from None
+
+
+def _seq_at_least(line: bytes, start: int) -> bool:
+    comma = line.find(b",", 13)
+    digits = line[13:comma]
+    return digits.isdigit() and int(digits) >= start
+
+
+def tail(path: Path, count: int) -> list[AuditRecord]:
+    """The last ``count`` records."""
+    return list(deque(iter_records(path), maxlen=max(count, 0)))
+
+
+def parse_when(text: str, *, now: datetime | None = None) -> datetime:
+    """An ISO-8601 time (``2026-11-27T10:00:00Z``) or an age (``15m``, ``2h``, ``7d`` ago)."""
+    now = now or datetime.now(UTC)
+    try:
+        return now - parse_duration(text)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise InputError(
+            f"invalid time {text!r} (use ISO-8601 like 2026-11-27T10:00:00Z, or an age like 2h)"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def record_time(record: AuditRecord) -> datetime:
+    return datetime.fromisoformat(record.time.replace("Z", "+00:00"))
+
+
+@dataclass(frozen=True, slots=True)
+class Filters:
+    """Search criteria; ``None`` matches anything. ``action`` may end in ``*`` (a prefix)."""
+
+    actor: str | None = None
+    action: str | None = None
+    decision: Decision | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def matches(self, record: AuditRecord) -> bool:
+        if self.actor is not None and record.actor != self.actor:
+            return False
+        if self.action is not None:
+            if self.action.endswith("*"):
+                if not record.action.startswith(self.action[:-1]):
+                    return False
+            elif record.action != self.action:
+                return False
+        if self.decision is not None and record.decision is not self.decision:
+            return False
+        if self.since is not None or self.until is not None:
+            when = record_time(record)
+            if self.since is not None and when < self.since:
+                return False
+            if self.until is not None and when > self.until:
+                return False
+        return True
+
+
+def search(path: Path, filters: Filters, *, limit: int | None = None) -> list[AuditRecord]:
+    """Records matching ``filters``, oldest first, at most ``limit``."""
+    found: list[AuditRecord] = []
+    for record in iter_records(path):
+        if filters.matches(record):
+            found.append(record)
+            if limit is not None and len(found) >= limit:
+                break
+    return found
+
+
+def to_json_line(record: AuditRecord) -> str:
+    return json.dumps(record.as_dict(), separators=(",", ":"))
+
+
+__all__ = [
+    "Filters",
+    "iter_records",
+    "parse_when",
+    "record_time",
+    "search",
+    "tail",
+    "to_json_line",
+]
