@@ -87,23 +87,27 @@ class Filters:
     until: datetime | None = None
 
     def matches(self, record: AuditRecord) -> bool:
-        if self.actor is not None and record.actor != self.actor:
-            return False
-        if self.action is not None:
-            if self.action.endswith("*"):
-                if not record.action.startswith(self.action[:-1]):
-                    return False
-            elif record.action != self.action:
-                return False
-        if self.decision is not None and record.decision is not self.decision:
-            return False
-        if self.since is not None or self.until is not None:
-            when = record_time(record)
-            if self.since is not None and when < self.since:
-                return False
-            if self.until is not None and when > self.until:
-                return False
-        return True
+        return (
+            (self.actor is None or record.actor == self.actor)
+            and self._action_matches(record.action)
+            and (self.decision is None or record.decision is self.decision)
+            and self._time_matches(record)
+        )
+
+    def _action_matches(self, action: str) -> bool:
+        if self.action is None:
+            return True
+        if self.action.endswith("*"):
+            return action.startswith(self.action[:-1])
+        return action == self.action
+
+    def _time_matches(self, record: AuditRecord) -> bool:
+        if self.since is None and self.until is None:
+            return True
+        when = record_time(record)
+        return (self.since is None or when >= self.since) and (
+            self.until is None or when <= self.until
+        )
 
 
 def search(path: Path, filters: Filters, *, limit: int | None = None) -> list[AuditRecord]:
