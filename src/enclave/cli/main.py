@@ -18,6 +18,7 @@ from enclave._version import __version__
 from enclave.cli import init as init_cmd
 from enclave.cli import schema as schema_cmd
 from enclave.cli import validate as validate_cmd
+from enclave.cli.audit import app as audit_app
 from enclave.cli.logs import LogFormat, LogLevel, configure
 from enclave.errors import EXIT_CODES, EXIT_INTERNAL, EnclaveError, InputError, SpecError
 
@@ -42,6 +43,7 @@ app = typer.Typer(
 app.command("init")(init_cmd.init)
 app.command("validate")(validate_cmd.validate)
 app.command("schema")(schema_cmd.schema)
+app.add_typer(audit_app, name="audit")
 
 
 def _version(value: bool) -> None:
