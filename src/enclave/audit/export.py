@@ -17,16 +17,13 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from pathlib import Path
 
 from enclave.audit.layout import Layout, LogMeta, fsync_dir, write_file
 from enclave.audit.signing import fingerprint, load_public_key
 from enclave.audit.verify import Finding, Report, Tamper, verify_log
 from enclave.audit.writer import utc_now
 from enclave.errors import ConflictError, InputError
-
-if TYPE_CHECKING:
-    from pathlib import Path
 
 BUNDLE_FORMAT = "enclave-audit-bundle/v1"
 MANIFEST = "manifest.json"
