@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from enclave.audit.signing import Signer
+    from enclave.spec.model import Audit
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,15 @@ class AuditSettings:
     checkpoint_records: int = 1000
     checkpoint_interval: float = 1.0
     store_content: bool = False
+
+    @classmethod
+    def from_spec(cls, audit: Audit) -> AuditSettings:
+        return cls(
+            segment_size=audit.segment_size,
+            checkpoint_records=audit.checkpoint_records,
+            checkpoint_interval=audit.checkpoint_every.total_seconds(),
+            store_content=audit.store_content,
+        )
 
 
 class AuditReceipt(NamedTuple):
