@@ -60,7 +60,9 @@ def genesis_hash(log_id: str) -> str:
 
 
 def _check(pattern: re.Pattern[str], value: str | None, what: str) -> None:
-    if value is not None and not pattern.match(value):
+    # fullmatch: ``$`` alone also matches before a trailing newline, which would then be
+    # written raw into the line and split the record in two
+    if value is not None and not pattern.fullmatch(value):
         raise InputError(f"audit event: invalid {what} {value[:80]!r}")
 
 

@@ -2,8 +2,9 @@
 
 Records are read by assessors and exported off the host, so a value that looks like a credential
 is replaced by ``[REDACTED:<kind>]`` before the record is written, and the record lists the
-fields that were redacted. Identifiers (actor, action, ids, digests) are validated by
-:class:`~enclave.audit.record.AuditEvent` and cannot carry one.
+fields that were redacted. Identifiers (actor, action, ids) and mapping keys are written as
+they are, so one that looks like a credential is refused with an
+:class:`~enclave.errors.InputError` instead (their patterns admit ``s.<token>`` or ``AKIA...``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
+
+from enclave.errors import InputError
 
 if TYPE_CHECKING:
     from enclave.audit.record import AuditEvent
@@ -38,6 +41,22 @@ _QUICK = re.compile(
 )
 
 
+_IDENTIFIERS = ("actor", "action", "purpose", "model", "request_id")
+
+
+def _may_hold_secret(identifiers: str) -> bool:
+    """A cheap pre-check: identifiers admit no spaces or underscores, so only the vault-token,
+    aws-access-key and jwt patterns can match one, and each needs one of these substrings."""
+    return (
+        "s." in identifiers
+        or "b." in identifiers
+        or "r." in identifiers
+        or "AKIA" in identifiers
+        or "ASIA" in identifiers
+        or "eyJ" in identifiers
+    )
+
+
 def redact_text(text: str) -> tuple[str, bool]:
     """``text`` with every secret-looking value replaced, and whether anything was."""
     if not _QUICK.search(text):
@@ -56,6 +75,9 @@ def _walk(value: Any, path: str, hits: list[str]) -> Any:
             hits.append(path)
         return cleaned
     if isinstance(value, Mapping):
+        for key in value:
+            if redact_text(str(key))[1]:
+                raise InputError(f"audit event: a key in {path} looks like a secret")
         return {str(k): _walk(v, f"{path}.{k}", hits) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_walk(v, f"{path}[{i}]", hits) for i, v in enumerate(value)]
@@ -63,7 +85,17 @@ def _walk(value: Any, path: str, hits: list[str]) -> Any:
 
 
 def redact(event: AuditEvent) -> tuple[AuditEvent, tuple[str, ...]]:
-    """The event with secret-looking values redacted, and the redacted field paths."""
+    """The event with secret-looking values redacted, and the redacted field paths.
+
+    Raises :class:`InputError` when an identifier or a mapping key looks like a secret.
+    """
+    if _may_hold_secret(
+        f"{event.actor} {event.action} {event.purpose} {event.model} {event.request_id}"
+    ):
+        for name in _IDENTIFIERS:
+            value = getattr(event, name)
+            if value is not None and redact_text(value)[1]:
+                raise InputError(f"audit event: the {name.replace('_', ' ')} looks like a secret")
     hits: list[str] = []
     reason = _walk(event.reason, "reason", hits)
     content = _walk(event.content, "content", hits) if event.content else event.content

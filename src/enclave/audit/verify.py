@@ -19,16 +19,14 @@ from __future__ import annotations
 import hashlib
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
 from enclave.audit.checkpoint import Checkpoint
 from enclave.audit.layout import Layout, LogMeta, iter_lines
 from enclave.audit.record import HASH_SUFFIX_LEN, LINE_PREFIX, genesis_hash
 from enclave.audit.signing import fingerprint, load_public_key, verify_signature
 from enclave.errors import InputError
-
-if TYPE_CHECKING:
-    from pathlib import Path
 
 _SEQ_AT = len(LINE_PREFIX)
 _PREV_KEY = b',"prev":"'
@@ -166,11 +164,12 @@ def _checkpoints(layout: Layout, meta: LogMeta, key: Any, report: Report) -> dic
     last: Checkpoint | None = None
     for number, (_, line) in enumerate(iter_lines(path), 1):
         where = (str(path), number)
+        if not line.endswith(b"\n"):  # even if it parses: the write never completed
+            raise _Stop(Finding(Tamper.TRUNCATION, *where, None, "torn checkpoint"))
         try:
             cp = Checkpoint.from_line(line)
         except (ValueError, KeyError, TypeError):
-            kind = Tamper.TRUNCATION if not line.endswith(b"\n") else Tamper.MALFORMED
-            raise _Stop(Finding(kind, *where, None, "unreadable checkpoint")) from None
+            raise _Stop(Finding(Tamper.MALFORMED, *where, None, "unreadable checkpoint")) from None
         if cp.log_id != meta.log_id:
             raise _Stop(Finding(Tamper.EDIT, *where, cp.size, "checkpoint of another log"))
         if not verify_signature(key, cp.message(), cp.signature):
@@ -271,12 +270,45 @@ def _where(segments: list[tuple[int, Path]], seq: int) -> tuple[str, int] | None
     return None
 
 
+def _line_at(path: Path, number: int) -> bytes | None:
+    for at, (_, line) in enumerate(iter_lines(path), 1):
+        if at == number:
+            return line
+    return None
+
+
+def _chain_continues_from(
+    segments: list[tuple[int, Path]], index: int, number: int, earlier: tuple[str, int]
+) -> bool:
+    """Whether the record at ``number`` is the genuine one of two with its seq (slow path).
+
+    A forged record slipped in *before* the genuine one links and hashes correctly, so the walk
+    only stumbles on the genuine one; the record after it links to the genuine one, though.
+    """
+    path = segments[index][1]
+    current = _line_at(path, number)
+    following = _line_at(path, number + 1)
+    if following is None and index + 1 < len(segments):
+        following = _line_at(segments[index + 1][1], 1)
+    if current is None or following is None or current == _line_at(Path(earlier[0]), earlier[1]):
+        return False
+    mine, after = _split(current), _split(following)
+    linked = _parse_prefix(after[0]) if after else None
+    return mine is not None and linked is not None and linked[1].encode() == mine[1]
+
+
 def _sequence_finding(
     segments: list[tuple[int, Path]], index: int, number: int, seq: int, expected: int
 ) -> Finding:
     name = str(segments[index][1])
     if seq < expected:
         earlier = _where(segments, seq)
+        if earlier is not None and _chain_continues_from(segments, index, number, earlier):
+            message = (
+                f"seq {seq} appears again at {name}:{number}, and the chain continues from "
+                "there: this one was never in the chain"
+            )
+            return Finding(Tamper.INSERTION, earlier[0], earlier[1], seq, message)
         also = f" (first at {earlier[0]}:{earlier[1]})" if earlier else ""
         message = f"seq {seq} appears again{also}: a record that was never in the chain"
         return Finding(Tamper.INSERTION, name, number, seq, message)

@@ -41,7 +41,7 @@ from enclave.audit.record import (
     split_line,
 )
 from enclave.audit.redact import redact
-from enclave.errors import AuditError, ConflictError, IntegrityError
+from enclave.errors import AuditError, ConflictError, InputError, IntegrityError
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -98,14 +98,27 @@ def utc_now() -> str:
 
 
 class _Batch:
-    __slots__ = ("end", "error", "events", "fd", "futures", "receipts", "start", "waiters")
+    __slots__ = (
+        "end",
+        "error",
+        "events",
+        "fd",
+        "futures",
+        "opened",
+        "receipts",
+        "refused",
+        "start",
+        "waiters",
+    )
 
     def __init__(self) -> None:
         self.fd = -1
         self.start = 0
         self.end: tuple[int, str] = (0, "")
+        self.opened: Path | None = None  # the segment this batch began, if it began one
         self.events: list[tuple[AuditEvent, tuple[str, ...]]] = []
         self.receipts: list[AuditReceipt] = []
+        self.refused: dict[int, InputError] = {}  # events that cannot be encoded, by index
         self.error: AuditError | None = None
         # one held lock per blocked appender: releasing it wakes exactly that thread, with no
         # shared lock for 32 woken threads to queue on (an Event would make them contend)
@@ -137,6 +150,9 @@ class AuditLog:
         self._recent: deque[int] = deque(maxlen=16)
         self._target = 1
         self._sync_cond = threading.Condition()
+        # held while a batch is written, and while a failed sync cuts what is unsynced: no
+        # write can land after that cut (taken before _cond or _sync_cond, never after)
+        self._io_lock = threading.Lock()
         self._written: list[_Batch] = []
         self._retired: list[int] = []
         self._writer_done = False
@@ -256,20 +272,22 @@ class AuditLog:
         path = self.layout.checkpoints
         if not path.exists():
             return 0
-        size, good_end = 0, 0
+        size = 0
         for offset, line in iter_lines(path):
-            try:
-                size = Checkpoint.from_line(line).size
-                good_end = offset + len(line)
-            except (ValueError, KeyError):
-                if line.endswith(b"\n"):
-                    raise IntegrityError(f"{path}: malformed checkpoint at byte {offset}") from None
-                fd = os.open(path, os.O_WRONLY)  # torn checkpoint line: it was never complete
+            if not line.endswith(b"\n"):
+                # torn checkpoint line: it was never complete, even when it parses (a crash
+                # before the newline); the next checkpoint would run into it
+                fd = os.open(path, os.O_WRONLY)
                 try:
-                    os.ftruncate(fd, good_end)
+                    os.ftruncate(fd, offset)
                     os.fsync(fd)
                 finally:
                     os.close(fd)
+                break
+            try:
+                size = Checkpoint.from_line(line).size
+            except (ValueError, KeyError, TypeError):
+                raise IntegrityError(f"{path}: malformed checkpoint at byte {offset}") from None
         return size
 
     def _open_segment(self, path: Path) -> None:
@@ -318,6 +336,8 @@ class AuditLog:
         waiter.acquire()
         if batch.error is not None:
             raise batch.error
+        if index in batch.refused:
+            raise batch.refused[index]
         return batch.receipts[index]
 
     async def append_async(self, event: AuditEvent) -> AuditReceipt:
@@ -372,6 +392,10 @@ class AuditLog:
             self._cond.wait(remaining)
 
     def _write_batch(self, batch: _Batch) -> None:
+        with self._io_lock:
+            self._write_batch_locked(batch)
+
+    def _write_batch_locked(self, batch: _Batch) -> None:
         if self._failed is not None:
             self._finish(batch, self._failed)
             return
@@ -380,21 +404,27 @@ class AuditLog:
         lines: list[bytes] = []
         start = -1
         try:
-            for event, hits in batch.events:
-                seq += 1
-                line, head = encode(
-                    event,
-                    seq=seq,
-                    prev=head,
-                    time=stamp,
-                    enclave=self.meta.enclave,
-                    redacted=hits,
-                )
+            for index, (event, hits) in enumerate(batch.events):
+                try:
+                    line, digest = encode(
+                        event,
+                        seq=seq + 1,
+                        prev=head,
+                        time=stamp,
+                        enclave=self.meta.enclave,
+                        redacted=hits,
+                    )
+                except InputError as exc:  # too large, not JSON: refuse the event, not the log
+                    batch.refused[index] = exc
+                    batch.receipts.append(_REFUSED)
+                    continue
+                seq, head = seq + 1, digest
                 lines.append(line)
                 batch.receipts.append(AuditReceipt(seq, head, stamp))
             data = b"".join(lines)
             if self._fd < 0 or self._segment_bytes >= self.settings.segment_size:
                 self._rotate(self._seq + 1)
+                batch.opened = self.layout.segment(self._seq + 1)
             start = self._segment_bytes
             view = memoryview(data)
             while view:
@@ -462,10 +492,7 @@ class AuditLog:
                 for fd in fds:
                     os.fdatasync(fd)
             except OSError as exc:
-                for batch in reversed(batches):  # best effort: drop what was not made durable
-                    with contextlib.suppress(OSError):
-                        os.ftruncate(batch.fd, batch.start)
-                error = self._sync_error = self._fail_closed(None, f"fdatasync failed: {exc}")
+                error = self._fail_unsynced(batches, f"fdatasync failed: {exc}")
         for batch in batches:
             if error is None:
                 self._durable = batch.end
@@ -473,10 +500,23 @@ class AuditLog:
         for fd in retired:
             os.close(fd)
 
+    def _fail_unsynced(self, batches: list[_Batch], why: str) -> AuditError:
+        """Fail closed and cut every written but unsynced batch (best effort), in any segment."""
+        with self._io_lock:  # the writer is between batches and sees _failed from now on
+            error = self._sync_error = self._fail_closed(None, why)
+            with self._sync_cond:
+                unsynced = batches + self._written
+            for batch in reversed(unsynced):
+                with contextlib.suppress(OSError):
+                    os.ftruncate(batch.fd, batch.start)
+                    if batch.opened is not None:  # no empty segment named by a lost record
+                        batch.opened.unlink()
+        return error
+
     def _checkpoint_wait(self) -> float | None:
         """Seconds until a checkpoint is due; 0 when due now, None when nothing is unsigned."""
         unsigned = self._durable[0] - self._signed_size
-        if unsigned <= 0:
+        if unsigned <= 0 or self._sync_error is not None:  # a failed log signs nothing more
             return None
         if unsigned >= self.settings.checkpoint_records:
             return 0
@@ -493,20 +533,22 @@ class AuditLog:
                 by_loop.setdefault(loop, []).append((future, index))
             for loop, items in by_loop.items():
                 with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
-                    loop.call_soon_threadsafe(_settle, items, batch.receipts, error)
+                    loop.call_soon_threadsafe(_settle, items, batch, error)
 
     def _guarded_checkpoint(self) -> None:
         try:
             self._write_checkpoint()
         except Exception as exc:  # a lost checkpoint fails the log closed as well
-            self._sync_error = self._fail_closed(None, f"checkpoint failed: {exc}")
+            self._fail_unsynced([], f"checkpoint failed: {exc}")
 
     def _write_checkpoint(self) -> Checkpoint:
         size, head = self._durable  # only durable records are ever signed
         checkpoint = make_checkpoint(self._signer, self.meta.log_id, size, head, utc_now())
         fd = os.open(self.layout.checkpoints, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
-            os.write(fd, checkpoint.to_line())
+            view = memoryview(checkpoint.to_line())
+            while view:  # finish a short write (a full disk) rather than leave half a line
+                view = view[os.write(fd, view) :]
             os.fdatasync(fd)
         finally:
             os.close(fd)
@@ -545,6 +587,10 @@ class AuditLog:
         self.close()
 
 
+_REFUSED = AuditReceipt(0, "", "")
+"""The receipt slot of an event that was refused (see ``_Batch.refused``)."""
+
+
 def _hash(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
 
@@ -555,7 +601,7 @@ def _without_content(event: AuditEvent) -> AuditEvent:
 
 def _settle(
     items: list[tuple[asyncio.Future[AuditReceipt], int]],
-    receipts: list[AuditReceipt],
+    batch: _Batch,
     error: AuditError | None,
 ) -> None:
     for future, index in items:
@@ -563,8 +609,10 @@ def _settle(
             continue
         if error is not None:
             future.set_exception(error)
+        elif index in batch.refused:
+            future.set_exception(batch.refused[index])
         else:
-            future.set_result(receipts[index])
+            future.set_result(batch.receipts[index])
 
 
 def _check_public_key(layout: Layout, signer: Signer) -> None:

@@ -19,6 +19,7 @@ from enclave.cli import init as init_cmd
 from enclave.cli import schema as schema_cmd
 from enclave.cli import validate as validate_cmd
 from enclave.cli.audit import app as audit_app
+from enclave.cli.incident import app as incident_app
 from enclave.cli.logs import LogFormat, LogLevel, configure
 from enclave.errors import EXIT_CODES, EXIT_INTERNAL, EnclaveError, InputError, SpecError
 
@@ -44,6 +45,7 @@ app.command("init")(init_cmd.init)
 app.command("validate")(validate_cmd.validate)
 app.command("schema")(schema_cmd.schema)
 app.add_typer(audit_app, name="audit")
+app.add_typer(incident_app, name="incident")
 
 
 def _version(value: bool) -> None:
