@@ -536,3 +536,16 @@ def test_an_empty_segment_left_by_a_crash_after_rotation_is_dropped(
     report = verify_log(root)
     assert report.intact, report.summary()
     assert report.records == 4
+
+
+def test_one_writer_at_a_time(tmp_path: Path, signer: Ed25519Signer) -> None:
+    root = tmp_path / "log"
+    first = open_log(root, signer)
+    try:
+        with pytest.raises(ConflictError, match="open for writing elsewhere"):
+            open_log(root, signer)
+        first.append(event(1))
+    finally:
+        first.close()
+    with open_log(root, signer) as second:  # released on close
+        assert second.append(event(2)).seq == 2

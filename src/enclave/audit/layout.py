@@ -6,6 +6,7 @@
     <log>/seg-<first seq>.jsonl append-only segments of records (one JSON line each)
     <log>/checkpoints.jsonl     signed checkpoints, one per line
     <log>/audit.pub             the checkpoint signer's public key (PEM)
+    <log>/lock                  held (flock) by the one process writing the log
     <log>/quarantine/           torn tails cut off after a crash, kept as evidence
 
 Everything is owner-only: the directory 0700, files 0600 (the public key 0644).
@@ -52,6 +53,10 @@ class Layout:
     @property
     def public_key(self) -> Path:
         return self.root / "audit.pub"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / "lock"
 
     @property
     def quarantine(self) -> Path:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import hashlib
 import logging
 import os
@@ -144,6 +145,7 @@ class AuditLog:
         self._seq = 0
         self._head = genesis_hash(meta.log_id)
         self._fd = -1
+        self._lock = -1
         self._segment_bytes = 0
         self._signed_size = 0
         self._signed_at = time.monotonic()
@@ -177,6 +179,18 @@ class AuditLog:
         layout = Layout(root)
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
         root.chmod(0o700)
+        lock = _lock(layout)
+        try:
+            return cls._open_locked(layout, lock, enclave, signer, settings or AuditSettings())
+        except BaseException:
+            os.close(lock)  # closing the descriptor releases the lock
+            raise
+
+    @classmethod
+    def _open_locked(
+        cls, layout: Layout, lock: int, enclave: str, signer: Signer, settings: AuditSettings
+    ) -> AuditLog:
+        root = layout.root
         if layout.meta.exists():
             meta = layout.read_meta()
             if meta.enclave != enclave:
@@ -187,7 +201,8 @@ class AuditLog:
             meta = LogMeta(uuid.uuid4().hex, enclave, utc_now())
             layout.write_meta(meta)
         _check_public_key(layout, signer)
-        self = cls(layout, meta, signer, settings or AuditSettings())
+        self = cls(layout, meta, signer, settings)
+        self._lock = lock
         self._recover()
         self._writer.start()
         self._syncer.start()
@@ -574,6 +589,9 @@ class AuditLog:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+        if self._lock >= 0:
+            os.close(self._lock)
+            self._lock = -1
 
     def __enter__(self) -> Self:
         return self
@@ -613,6 +631,17 @@ def _settle(
             future.set_exception(batch.refused[index])
         else:
             future.set_result(batch.receipts[index])
+
+
+def _lock(layout: Layout) -> int:
+    """An exclusive lock on the log: one writer at a time, across processes."""
+    fd = os.open(layout.lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ConflictError(f"{layout.root}: the audit log is open for writing elsewhere") from None
+    return fd
 
 
 def _check_public_key(layout: Layout, signer: Signer) -> None:
