@@ -111,6 +111,15 @@ def test_tail_and_search(capsys: Output, log_dir: Path) -> None:
     code, out, _ = run(capsys, "audit", "search", str(log_dir), "--actor", "alice", "--limit", "2")
     assert [line.split()[0] for line in out.splitlines()] == ["2", "4"]
 
+    code, out, _ = run(capsys, "audit", "search", str(log_dir), "--seq", "12-14")
+    assert [line.split()[0] for line in out.splitlines()] == ["12", "13", "14"]
+    code, out, _ = run(capsys, "audit", "search", str(log_dir), "--seq", "39-")
+    assert [line.split()[0] for line in out.splitlines()] == ["39", "40"]
+    code, out, _ = run(capsys, "audit", "search", str(log_dir), "--seq", "8", "--actor", "bob")
+    assert (code, out) == (0, "")  # seq 8 is alice's
+    code, _, err = run(capsys, "audit", "search", str(log_dir), "--seq", "9-3")
+    assert code == 2 and "invalid sequence range '9-3'" in err
+
     code, out, _ = run(capsys, "audit", "search", str(log_dir), "--since", "1h", "--until", "1h")
     assert (code, out) == (0, "")
     code, _, err = run(capsys, "audit", "search", str(log_dir), "--since", "yesterday")

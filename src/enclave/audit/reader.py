@@ -72,6 +72,19 @@ def parse_when(text: str, *, now: datetime | None = None) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+def parse_seq_range(text: str) -> tuple[int, int | None]:
+    """``42`` -> (42, 42); ``40-50`` -> (40, 50); ``40-`` -> (40, None)."""
+    first, dash, last = text.partition("-")
+    try:
+        start = int(first)
+        end = (int(last) if last else None) if dash else start
+    except ValueError:
+        raise InputError(f"invalid sequence range {text!r} (use N, N-M or N-)") from None
+    if start < 1 or (end is not None and end < start):
+        raise InputError(f"invalid sequence range {text!r} (use N, N-M or N-)")
+    return start, end
+
+
 def record_time(record: AuditRecord) -> datetime:
     return datetime.fromisoformat(record.time.replace("Z", "+00:00"))
 
@@ -85,10 +98,14 @@ class Filters:
     decision: Decision | None = None
     since: datetime | None = None
     until: datetime | None = None
+    first_seq: int = 1
+    last_seq: int | None = None
 
     def matches(self, record: AuditRecord) -> bool:
         return (
-            (self.actor is None or record.actor == self.actor)
+            record.seq >= self.first_seq
+            and (self.last_seq is None or record.seq <= self.last_seq)
+            and (self.actor is None or record.actor == self.actor)
             and self._action_matches(record.action)
             and (self.decision is None or record.decision is self.decision)
             and self._time_matches(record)
@@ -113,7 +130,9 @@ class Filters:
 def search(path: Path, filters: Filters, *, limit: int | None = None) -> list[AuditRecord]:
     """Records matching ``filters``, oldest first, at most ``limit``."""
     found: list[AuditRecord] = []
-    for record in iter_records(path):
+    for record in iter_records(path, start=filters.first_seq):
+        if filters.last_seq is not None and record.seq > filters.last_seq:
+            break
         if filters.matches(record):
             found.append(record)
             if limit is not None and len(found) >= limit:

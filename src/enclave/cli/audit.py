@@ -8,7 +8,14 @@ from typing import Annotated
 import typer
 
 from enclave.audit.export import export_bundle, verify_path
-from enclave.audit.reader import Filters, parse_when, search, tail, to_json_line
+from enclave.audit.reader import (
+    Filters,
+    parse_seq_range,
+    parse_when,
+    search,
+    tail,
+    to_json_line,
+)
 from enclave.audit.record import AuditRecord, Decision
 from enclave.cli.console import out, print_json
 from enclave.errors import InputError, IntegrityError
@@ -98,11 +105,18 @@ def search_command(
         str | None,
         typer.Option(help="ISO-8601 time or an age like 10m."),
     ] = None,
+    seq: Annotated[
+        str | None,
+        typer.Option(help="Sequence number or range: 42, 40-50 or 40- (evidence lookup)."),
+    ] = None,
     limit: Annotated[int, typer.Option(min=1, help="At most this many.")] = 1000,
     as_json: JsonOpt = False,
 ) -> None:
     """Print records matching every filter given, oldest first."""
+    first_seq, last_seq = parse_seq_range(seq) if seq else (1, None)
     filters = Filters(
+        first_seq=first_seq,
+        last_seq=last_seq,
         actor=actor,
         action=action,
         decision=decision,
