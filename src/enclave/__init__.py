@@ -7,10 +7,12 @@ from __future__ import annotations
 
 from enclave._version import __version__
 from enclave.errors import (
+    AuditError,
     ConflictError,
     DockerError,
     EnclaveError,
     InputError,
+    IntegrityError,
     NotFoundError,
     Problem,
     ServiceError,
@@ -28,12 +30,14 @@ from enclave.spec import (
 )
 
 __all__ = [
+    "AuditError",
     "ConflictError",
     "DockerError",
     "Enclave",
     "EnclaveError",
     "EnclaveSpec",
     "InputError",
+    "IntegrityError",
     "LoadedSpec",
     "NotFoundError",
     "Problem",
