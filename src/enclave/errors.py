@@ -12,6 +12,10 @@ catch a third-party type. Each class carries the process exit code the CLI uses 
     ├── ServiceError        5  a service enclave depends on is unavailable or failed
     │   ├── DockerError     5  the Docker engine
     │   └── VaultError      5  Vault / OpenBao
+    │       ├── VaultSealedError       Vault is sealed or not initialised
+    │       ├── VaultUnavailableError  Vault cannot be reached (refused, timeout, TLS)
+    │       ├── VaultForbiddenError    permission denied, or the credential is invalid/revoked
+    │       └── VaultNotFoundError     the path does not exist (also a NotFoundError)
     ├── IntegrityError      6  evidence failed verification (tampering, corruption, truncation)
     └── AuditError          1  the audit log cannot record (a request is then refused)
 
@@ -123,6 +127,24 @@ class DockerError(ServiceError):
 
 class VaultError(ServiceError):
     """Vault (or OpenBao) is unreachable, sealed, or refused an operation."""
+
+
+class VaultSealedError(VaultError):
+    """Vault is sealed (or not initialised): nothing can be read or written."""
+
+
+class VaultUnavailableError(VaultError):
+    """Vault cannot be reached: connection refused, timeout, or TLS verification failed."""
+
+
+class VaultForbiddenError(VaultError):
+    """Permission denied (HTTP 403), or the credential in use is invalid or revoked."""
+
+
+class VaultNotFoundError(VaultError, NotFoundError):
+    """The Vault path does not exist (HTTP 404)."""
+
+    exit_code: ClassVar[int] = NotFoundError.exit_code
 
 
 class IntegrityError(EnclaveError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 import traceback
+from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
@@ -19,6 +20,7 @@ from enclave.cli import init as init_cmd
 from enclave.cli import schema as schema_cmd
 from enclave.cli import validate as validate_cmd
 from enclave.cli.audit import app as audit_app
+from enclave.cli.context import CONTEXT, default_state_dir
 from enclave.cli.incident import app as incident_app
 from enclave.cli.logs import LogFormat, LogLevel, configure
 from enclave.errors import EXIT_CODES, EXIT_INTERNAL, EnclaveError, InputError, SpecError
@@ -65,6 +67,15 @@ def _global(
     debug: Annotated[
         bool, typer.Option("--debug", help="Show tracebacks of internal errors.")
     ] = False,
+    state: Annotated[
+        Path | None,
+        typer.Option(
+            "--state-dir",
+            envvar="ENCLAVE_STATE_DIR",
+            help="enclave's private state (embedded Vault, keys, audit logs). "
+            "Default: /var/lib/enclave as root, else ~/.local/state/enclave.",
+        ),
+    ] = None,
     _show_version: Annotated[
         bool,
         typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
@@ -72,6 +83,7 @@ def _global(
 ) -> None:
     configure(log_format, log_level)
     _State.debug = debug
+    CONTEXT.state_dir = state if state is not None else default_state_dir()
 
 
 def main(argv: list[str] | None = None) -> int:  # noqa: PLR0911 - one exit per error kind

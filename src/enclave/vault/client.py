@@ -1,0 +1,120 @@
+"""The hvac adapter: connecting, logging in, and translating every hvac/requests error.
+
+Use :func:`connect` (token) or :func:`login_approle`; wrap any further hvac call in
+``with translate("what we were doing"):`` so that no ``hvac.exceptions`` or ``requests``
+exception reaches a caller. Retries happen only for idempotent reads (:func:`read_with_retry`);
+a write is never repeated behind the caller's back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import hvac
+import hvac.exceptions
+import requests
+
+from enclave.errors import (
+    VaultError,
+    VaultForbiddenError,
+    VaultNotFoundError,
+    VaultSealedError,
+    VaultUnavailableError,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class VaultConnection:
+    """Where Vault is and how to trust it. ``ca_bundle`` None means the system trust store."""
+
+    address: str
+    ca_bundle: Path | None = None
+    timeout: float = 10.0
+
+
+@contextlib.contextmanager
+def translate(doing: str) -> Iterator[None]:
+    """Turn hvac/requests errors raised inside the block into enclave's Vault errors."""
+    try:
+        yield
+    except hvac.exceptions.Forbidden as exc:
+        raise VaultForbiddenError(f"vault: {doing}: permission denied{_detail(exc)}") from None
+    except hvac.exceptions.Unauthorized as exc:
+        raise VaultForbiddenError(f"vault: {doing}: not authenticated{_detail(exc)}") from None
+    except hvac.exceptions.InvalidPath as exc:
+        raise VaultNotFoundError(f"vault: {doing}: not found{_detail(exc)}") from None
+    except hvac.exceptions.VaultDown as exc:
+        raise VaultSealedError(f"vault: {doing}: Vault is sealed{_detail(exc)}") from None
+    except hvac.exceptions.VaultNotInitialized:
+        raise VaultSealedError(f"vault: {doing}: Vault is not initialised") from None
+    except hvac.exceptions.InvalidRequest as exc:
+        raise VaultError(f"vault: {doing}: invalid request{_detail(exc)}") from None
+    except hvac.exceptions.VaultError as exc:
+        raise VaultError(f"vault: {doing}: {type(exc).__name__}{_detail(exc)}") from None
+    except requests.exceptions.SSLError:
+        raise VaultUnavailableError(f"vault: {doing}: TLS verification failed") from None
+    except (requests.exceptions.ConnectionError, requests.exceptions.Timeout):
+        raise VaultUnavailableError(f"vault: {doing}: unreachable") from None
+    except requests.exceptions.RequestException as exc:
+        raise VaultUnavailableError(f"vault: {doing}: {type(exc).__name__}") from None
+
+
+def _detail(exc: hvac.exceptions.VaultError) -> str:
+    errors = [str(e) for e in (getattr(exc, "errors", None) or []) if e]
+    text = "; ".join(errors)[:200]
+    return f" ({text})" if text else ""
+
+
+def _client(connection: VaultConnection, token: str | None) -> hvac.Client:
+    verify: bool | str = str(connection.ca_bundle) if connection.ca_bundle else True
+    return hvac.Client(
+        url=connection.address, token=token, verify=verify, timeout=connection.timeout
+    )
+
+
+def connect(connection: VaultConnection, token: str) -> hvac.Client:
+    """A client using ``token``; checks that Vault answers, is unsealed and the token is valid."""
+    client = _client(connection, token)
+    with translate("connect"):
+        status = client.sys.read_seal_status()
+        if status.get("sealed"):
+            raise VaultSealedError(f"vault: {connection.address} is sealed")
+        client.auth.token.lookup_self()
+    return client
+
+
+def anonymous(connection: VaultConnection) -> hvac.Client:
+    """A client without a token (health, seal status, unwrap with a wrapping token)."""
+    return _client(connection, None)
+
+
+def login_approle(connection: VaultConnection, role_id: str, secret_id: str, mount: str) -> Any:
+    """Log in with AppRole; returns the hvac client holding the new token."""
+    client = _client(connection, None)
+    with translate("approle login"):
+        client.auth.approle.login(role_id=role_id, secret_id=secret_id, mount_point=mount)
+    return client
+
+
+def read_with_retry(read: Callable[[], Any], doing: str, *, attempts: int = 3) -> Any:
+    """Run an idempotent read, retrying only when Vault was unreachable."""
+    for attempt in range(1, attempts + 1):
+        try:
+            with translate(doing):
+                return read()
+        except VaultUnavailableError:
+            if attempt == attempts:
+                raise
+            time.sleep(0.1 * 2**attempt)
+            log.info("vault: %s: unreachable, retrying (%d/%d)", doing, attempt, attempts)
+    raise AssertionError("unreachable")  # pragma: no cover
