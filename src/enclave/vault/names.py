@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-ADMIN_POLICY = "enclave-admin"
 AUDIT_SIGNER_KEY = "audit-signer"
 API_TOKENS = "api-tokens"
 API_TOKEN_KEY = "api-token-key"  # noqa: S105 - a KV path, not a secret
