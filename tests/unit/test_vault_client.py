@@ -1,0 +1,113 @@
+"""The hvac adapter lets no foreign exception through, and says what went wrong."""
+
+from __future__ import annotations
+
+import socket
+
+import hvac.exceptions
+import pytest
+import requests
+
+from enclave.errors import (
+    EnclaveError,
+    NotFoundError,
+    VaultError,
+    VaultForbiddenError,
+    VaultNotFoundError,
+    VaultSealedError,
+    VaultUnavailableError,
+)
+from enclave.vault.client import VaultConnection, connect, read_with_retry, translate
+from enclave.vault.names import EnclavePaths
+from enclave.vault.policies import ADMIN_POLICY, admin_rules, component_rules, render
+
+
+@pytest.mark.parametrize(
+    ("raised", "expected", "words"),
+    [
+        (hvac.exceptions.Forbidden(errors=["permission denied"]), VaultForbiddenError, "denied"),
+        (hvac.exceptions.Unauthorized(), VaultForbiddenError, "not authenticated"),
+        (hvac.exceptions.InvalidPath(), VaultNotFoundError, "not found"),
+        (hvac.exceptions.VaultDown(), VaultSealedError, "sealed"),
+        (hvac.exceptions.VaultNotInitialized(), VaultSealedError, "not initialised"),
+        (hvac.exceptions.InvalidRequest(errors=["bad field"]), VaultError, "bad field"),
+        (hvac.exceptions.InternalServerError(), VaultError, "InternalServerError"),
+        (requests.exceptions.SSLError(), VaultUnavailableError, "TLS verification failed"),
+        (requests.exceptions.ConnectionError(), VaultUnavailableError, "unreachable"),
+        (requests.exceptions.ReadTimeout(), VaultUnavailableError, "unreachable"),
+    ],
+)
+def test_translate_maps_every_foreign_error(
+    raised: Exception, expected: type[EnclaveError], words: str
+) -> None:
+    with pytest.raises(expected) as caught, translate("read thing"):
+        raise raised
+    assert str(caught.value).startswith("vault: read thing: ")
+    assert words in str(caught.value)
+    assert caught.value.__cause__ is None or isinstance(caught.value.__cause__, EnclaveError)
+
+
+def test_not_found_has_the_not_found_exit_code() -> None:
+    assert issubclass(VaultNotFoundError, NotFoundError)
+    assert VaultNotFoundError.exit_code == NotFoundError.exit_code
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_unreachable_vault_is_one_clear_error() -> None:
+    connection = VaultConnection(f"http://127.0.0.1:{_closed_port()}", timeout=2)
+    with pytest.raises(VaultUnavailableError, match="vault: connect: unreachable"):
+        connect(connection, "s.not-a-real-token")
+
+
+def test_reads_retry_only_when_unreachable() -> None:
+    calls: list[int] = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise requests.exceptions.ConnectionError
+        return "ok"
+
+    assert read_with_retry(flaky, "read") == "ok"
+    assert len(calls) == 3
+
+    def forbidden() -> str:
+        calls.append(1)
+        raise hvac.exceptions.Forbidden
+
+    calls.clear()
+    with pytest.raises(VaultForbiddenError):
+        read_with_retry(forbidden, "read")
+    assert len(calls) == 1  # a refusal is final: no retry
+
+
+def test_workload_policies_have_no_sudo_and_no_broad_paths() -> None:
+    paths = EnclavePaths("demo")
+    for component in ("gateway", "model-assistant"):
+        rules = component_rules(paths, component)
+        text = render(rules)
+        assert "sudo" not in text
+        for rule in rules:
+            assert rule.path != "*"
+            assert rule.path.startswith(("enclave-demo-", "auth/token/")), rule.path
+    controller = component_rules(paths, "controller")
+    sudo = [r.path for r in controller if "sudo" in r.capabilities]
+    assert sudo == [
+        "sys/leases/lookup/auth/enclave-demo-approle/login/",
+        "sys/leases/revoke-prefix/auth/enclave-demo-approle/login",
+    ]
+    assert "sys/seal" in render(component_rules(paths, "controller", seal=True))
+    with pytest.raises(ValueError, match="unknown component"):
+        component_rules(paths, "sidecar")
+
+
+def test_the_orchestrator_cannot_rewrite_its_own_policy() -> None:
+    writable = [r.path for r in admin_rules() if "update" in r.capabilities]
+    own = f"sys/policies/acl/{ADMIN_POLICY}"
+    assert all(not own.startswith(p.rstrip("*")) or not p.endswith("*") for p in writable)
+    assert not any(p in {"*", "sys/*", "sys/policies/acl/*"} for p in writable)
