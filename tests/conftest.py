@@ -21,6 +21,8 @@ asks for no fixture.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -44,7 +46,6 @@ from support.openbao import (
 from support.workspace import Workspace, make_workspace
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from pathlib import Path
 
     from docker import DockerClient
@@ -142,3 +143,14 @@ def openbao_client(openbao: OpenBaoServer) -> Iterator[Any]:
 def workspace(tmp_path: Path) -> Workspace:
     """A temp directory with the usage catalog in place; writes spec files (no service)."""
     return make_workspace(tmp_path)
+
+
+@pytest.fixture(autouse=True)
+def _restore_enclave_logging() -> Iterator[None]:
+    """CLI tests configure the ``enclave`` logger (handlers, level, propagation): undo it."""
+    logger = logging.getLogger("enclave")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    yield
+    logger.handlers[:] = saved[0]
+    logger.setLevel(saved[1])
+    logger.propagate = saved[2]

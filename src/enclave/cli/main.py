@@ -23,6 +23,8 @@ from enclave.cli.audit import app as audit_app
 from enclave.cli.context import CONTEXT, default_state_dir
 from enclave.cli.incident import app as incident_app
 from enclave.cli.logs import LogFormat, LogLevel, configure
+from enclave.cli.token import app as token_app
+from enclave.cli.vault import app as vault_app
 from enclave.errors import EXIT_CODES, EXIT_INTERNAL, EnclaveError, InputError, SpecError
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,8 @@ app.command("validate")(validate_cmd.validate)
 app.command("schema")(schema_cmd.schema)
 app.add_typer(audit_app, name="audit")
 app.add_typer(incident_app, name="incident")
+app.add_typer(vault_app, name="vault")
+app.add_typer(token_app, name="token")
 
 
 def _version(value: bool) -> None:

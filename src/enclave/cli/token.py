@@ -1,0 +1,162 @@
+"""``enclave token``: issue, list and revoke the API tokens people use at the gateway.
+
+A token is bound to a principal of the spec and to that principal's roles when it is issued.
+It is printed once, on stdout; Vault keeps only a keyed hash of it.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from enclave.cli.console import err, out, print_json
+from enclave.cli.vaultconn import TokenFileOpt, admin_session
+from enclave.errors import InputError
+from enclave.spec import load_spec
+from enclave.spec.units import format_duration, parse_duration
+from enclave.vault.names import EnclavePaths
+from enclave.vault.tokens import PREFIX, issue, list_tokens, revoke_token
+
+if TYPE_CHECKING:
+    from datetime import timedelta
+
+    from enclave.spec import LoadedSpec, Principal
+    from enclave.vault.tokens import TokenInfo
+
+SpecArg = Annotated[Path, typer.Argument(metavar="SPEC", help="The enclave spec file.")]
+
+
+def _principal(loaded: LoadedSpec, name: str) -> Principal:
+    principals = loaded.spec.rbac.principals
+    for principal in principals:
+        if principal.name == name:
+            return principal
+    known = ", ".join(p.name for p in principals) or "none"
+    raise InputError(
+        f"--principal: {name!r} is not a principal of enclave {loaded.name} (known: {known})"
+    )
+
+
+def _ttl(text: str | None) -> timedelta | None:
+    if text is None:
+        return None
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise InputError(f"--ttl: {exc}") from None
+
+
+def _when(value: datetime | None) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ") if value else "never"
+
+
+def issue_(
+    spec: SpecArg,
+    principal: Annotated[
+        str, typer.Option("--principal", "-p", help="Who the token is for (a spec principal).")
+    ],
+    ttl: Annotated[
+        str | None,
+        typer.Option("--ttl", help="Lifetime, e.g. 12h or 30d (at most a year). Default: none."),
+    ] = None,
+    token_file: TokenFileOpt = None,
+) -> None:
+    """Issue an API token for PRINCIPAL, bound to their roles in SPEC; print it once."""
+    loaded = load_spec(spec)
+    who = _principal(loaded, principal)
+    lifetime = _ttl(ttl)
+    with admin_session(loaded, token_file) as client:
+        issued = issue(client, EnclavePaths(loaded.name), who.name, who.roles, ttl=lifetime)
+    info = issued.info
+    until = (
+        f"expires {_when(info.expires)} ({format_duration(lifetime)})" if lifetime else "no expiry"
+    )
+    err().print(
+        f"warning: this API token will not be shown again; store it now "
+        f"(id {info.id}, principal {info.principal}, roles {','.join(info.roles)}, {until})",
+        style="yellow",
+        markup=False,
+    )
+    typer.echo(issued.token)
+
+
+def list_(
+    spec: SpecArg,
+    principal: Annotated[
+        str | None, typer.Option("--principal", "-p", help="Only this principal's tokens.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    token_file: TokenFileOpt = None,
+) -> None:
+    """List the API tokens of SPEC's enclave (ids and bindings; never the tokens)."""
+    loaded = load_spec(spec)
+    with admin_session(loaded, token_file) as client:
+        tokens = list_tokens(client, EnclavePaths(loaded.name), principal)
+    in_spec = {p.name for p in loaded.spec.rbac.principals}
+    now = datetime.now(UTC)
+    if as_json:
+        print_json(
+            {
+                "enclave": loaded.name,
+                "tokens": [
+                    {
+                        **t.as_dict(),
+                        "expired": t.expired(now),
+                        "principalInSpec": t.principal in in_spec,
+                    }
+                    for t in tokens
+                ],
+            }
+        )
+        return
+    if not tokens:
+        whose = f" for {principal}" if principal else ""
+        out().print(f"no API tokens{whose} in enclave {loaded.name}", markup=False)
+        return
+    _print_table(tokens, in_spec, now)
+
+
+def _print_table(tokens: list[TokenInfo], in_spec: set[str], now: datetime) -> None:
+    rows = [("ID", "PRINCIPAL", "ROLES", "CREATED", "EXPIRES")]
+    for t in tokens:
+        who = t.principal if t.principal in in_spec else f"{t.principal} (not in spec)"
+        expires = _when(t.expires) + (" (expired)" if t.expired(now) else "")
+        rows.append((t.id, who, ",".join(t.roles), _when(t.created), expires))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    console = out()
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        console.print("  ".join([*cells, row[-1]]), markup=False)
+
+
+def revoke(
+    spec: SpecArg,
+    token_id: Annotated[
+        str, typer.Argument(metavar="TOKEN_ID", help="The token's id (as `token list` shows).")
+    ],
+    token_file: TokenFileOpt = None,
+) -> None:
+    """Revoke the API token TOKEN_ID of SPEC's enclave: its record is deleted from Vault."""
+    if token_id.startswith(PREFIX):
+        raise InputError(
+            "TOKEN_ID: that is a whole API token; pass only its id (see `enclave token list`)"
+        )
+    loaded = load_spec(spec)
+    with admin_session(loaded, token_file) as client:
+        info = revoke_token(client, EnclavePaths(loaded.name), token_id)
+    out().print(f"revoked API token {info.id} of {info.principal}", markup=False)
+
+
+app = typer.Typer(
+    name="token",
+    help="Issue, list and revoke people's API tokens (shown once, stored as keyed hashes).",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+)
+app.command("issue")(issue_)
+app.command("list")(list_)
+app.command("revoke")(revoke)
