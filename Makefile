@@ -11,7 +11,8 @@ PYTEST_ARGS ?=
 
 help:
 	@echo "make setup      install host packages, create .venv, start dockerd (idempotent)"
-	@echo "make demo       write the example enclave under .demo/ and validate + summarise it"
+	@echo "make demo       write the example enclave under .demo/, validate it, start the"
+	@echo "                embedded Vault and provision the enclave's identities"
 	@echo "make test       run every test tier (unit, integration, e2e) against real services"
 	@echo "make lint       ruff lint + format check + import-linter contracts"
 	@echo "make typecheck  mypy --strict over src, tests and bench"
@@ -30,9 +31,16 @@ $(STAMP): pyproject.toml
 services:
 	@scripts/ensure-docker.sh
 
+DEMO_STATE := .state/demo
+
 demo: setup
 	$(VENV)/bin/enclave init .demo --force
 	$(VENV)/bin/enclave validate .demo/enclave.yaml
+	$(VENV)/bin/enclave --state-dir $(DEMO_STATE) vault start
+	$(VENV)/bin/enclave --state-dir $(DEMO_STATE) vault provision .demo/enclave.yaml
+	$(VENV)/bin/enclave --state-dir $(DEMO_STATE) vault status
+	@echo "the demo's embedded Vault keeps running; stop it with:" \
+	     "$(VENV)/bin/enclave --state-dir $(DEMO_STATE) vault stop"
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)

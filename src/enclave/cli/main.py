@@ -87,7 +87,7 @@ def _global(
 ) -> None:
     configure(log_format, log_level)
     _State.debug = debug
-    CONTEXT.state_dir = state if state is not None else default_state_dir()
+    CONTEXT.state_dir = (state if state is not None else default_state_dir()).absolute()
 
 
 def main(argv: list[str] | None = None) -> int:  # noqa: PLR0911 - one exit per error kind

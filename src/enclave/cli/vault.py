@@ -6,15 +6,19 @@ from typing import Annotated
 
 import typer
 
+from enclave.cli import vault_enclave
 from enclave.cli.console import err, out, print_json
 from enclave.cli.context import state_dir
 from enclave.errors import VaultError
 from enclave.vault.embedded import EmbeddedStatus, EmbeddedVault, EnclaveInventory
 
 app = typer.Typer(
-    help="The embedded Vault (OpenBao) of the single-host default: start, stop, status.",
+    help="Vault: the embedded OpenBao default (start, stop, status) and each enclave's "
+    "identities (provision, teardown).",
     no_args_is_help=True,
 )
+app.command("provision")(vault_enclave.provision_command)
+app.command("teardown")(vault_enclave.teardown_command)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 

@@ -172,7 +172,7 @@ class EmbeddedVault:
         start_timeout: float = 30.0,
         stop_timeout: float = 10.0,
     ) -> None:
-        self.state_dir = state_dir
+        self.state_dir = state_dir.absolute()  # the server runs in another directory
         self.directory = state_dir / "vault"
         self.bao = bao if bao is not None else default_bao()
         self.start_timeout = start_timeout
