@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from bench import audit_log, spec_load
+from bench import audit_log, spec_load, vault_provision, vault_revoke
 
 
 def main() -> None:
-    spec_load.main()
-    print()
-    audit_log.main()
+    for bench in (spec_load, audit_log, vault_provision, vault_revoke):
+        bench.main()
+        print()
 
 
 if __name__ == "__main__":
