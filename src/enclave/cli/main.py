@@ -23,6 +23,7 @@ from enclave.cli.audit import app as audit_app
 from enclave.cli.context import CONTEXT, default_state_dir
 from enclave.cli.incident import app as incident_app
 from enclave.cli.logs import LogFormat, LogLevel, configure
+from enclave.cli.runtime import app as runtime_app
 from enclave.cli.token import app as token_app
 from enclave.cli.vault import app as vault_app
 from enclave.errors import EXIT_CODES, EXIT_INTERNAL, EnclaveError, InputError, SpecError
@@ -52,6 +53,7 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(incident_app, name="incident")
 app.add_typer(vault_app, name="vault")
 app.add_typer(token_app, name="token")
+app.add_typer(runtime_app, name="runtime")
 
 
 def _version(value: bool) -> None:
