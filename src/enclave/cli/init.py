@@ -15,6 +15,7 @@ from enclave.errors import ConflictError, InputError
 from enclave.spec.units import check_name
 
 CATALOG_PATH = Path("policies/usage/catalog.yaml")
+SCREENS_PATH = Path("policies/usage/screens.yaml")
 
 
 def _template(name: str) -> str:
@@ -39,7 +40,7 @@ def init(
     name: Annotated[str, typer.Option(help="metadata.name of the enclave.")] = "demo",
     force: Annotated[bool, typer.Option("--force", help="Overwrite existing files.")] = False,
 ) -> None:
-    """Write a commented enclave.yaml and policies/usage/catalog.yaml into DIRECTORY.
+    """Write a commented enclave.yaml and the usage policies (catalog, screens) into DIRECTORY.
 
     Refuses (exit 3) to overwrite an existing file unless --force is given.
     """
@@ -53,6 +54,7 @@ def init(
     targets = {
         directory / "enclave.yaml": spec_text,
         directory / CATALOG_PATH: _template("catalog.yaml"),
+        directory / SCREENS_PATH: _template("screens.yaml"),
     }
     existing = [str(path) for path in targets if path.exists()]
     if existing and not force:

@@ -16,6 +16,7 @@ from typing import Annotated, NoReturn
 import typer
 
 from enclave._version import __version__
+from enclave.cli import gateway as gateway_cmd
 from enclave.cli import init as init_cmd
 from enclave.cli import schema as schema_cmd
 from enclave.cli import validate as validate_cmd
@@ -54,6 +55,10 @@ app.add_typer(incident_app, name="incident")
 app.add_typer(vault_app, name="vault")
 app.add_typer(token_app, name="token")
 app.add_typer(runtime_app, name="runtime")
+app.add_typer(gateway_cmd.app, name="gateway")
+app.add_typer(gateway_cmd.approvals_app, name="approvals")
+app.command("approve")(gateway_cmd.approve)
+app.command("deny")(gateway_cmd.deny)
 
 
 def _version(value: bool) -> None:

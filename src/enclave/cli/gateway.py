@@ -1,0 +1,281 @@
+"""``enclave gateway serve``, and the approval commands that talk to a running gateway.
+
+``enclave gateway serve --spec FILE`` builds the policy pipeline from the spec, loads the API
+tokens from Vault with the gateway's own identity (``--bootstrap FILE``, from ``enclave vault``
+provisioning) or, for local runs, an admin token (``--vault-token-file``), opens the enclave's
+audit log under the state directory and serves until SIGINT/SIGTERM. The gateway serves only
+while the shutdown controller keeps its lease alive (``--control-key-file``).
+
+``enclave approve ID``, ``enclave deny ID`` and ``enclave approvals list`` call the gateway's
+approval API with the caller's own API token, read from ``--token-file`` (mode 0600): never an
+argument or an environment variable.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import stat
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+import uvicorn
+
+from enclave.audit import AuditLog, AuditSettings, Ed25519Signer
+from enclave.cli.context import state_dir
+from enclave.cli.vaultconn import EMBEDDED, TokenFileOpt, admin_client_for
+from enclave.errors import (
+    ConflictError,
+    EnclaveError,
+    InputError,
+    NotFoundError,
+    ServiceError,
+)
+from enclave.gateway.app import GatewaySettings, create_app
+from enclave.gateway.auth import vault_token_loader
+from enclave.gateway.pipeline import Pipeline
+from enclave.runtime.server import bind, url_of
+from enclave.spec import load_spec
+from enclave.vault.client import VaultConnection
+from enclave.vault.names import EnclavePaths
+from enclave.vault.provision import redeem
+
+log = logging.getLogger(__name__)
+
+app = typer.Typer(help="The policy gateway: serve it.", no_args_is_help=True)
+approvals_app = typer.Typer(help="Requests held for a human approval.", no_args_is_help=True)
+
+MAX_SECRET_FILE = 64 * 1024
+DEFAULT_GATEWAY = "http://127.0.0.1:8443"
+
+GatewayOpt = Annotated[
+    str, typer.Option("--gateway", help="The gateway's base URL.", show_default=True)
+]
+ApiTokenOpt = Annotated[
+    Path,
+    typer.Option("--token-file", help="File (mode 0600) holding your enclave API token."),
+]
+
+
+def read_secret_file(path: Path, option: str) -> str:
+    """The one-line secret in ``path``; refuses a file others can read, or an empty one."""
+    what = f"{option} {path}"
+    try:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise InputError(f"{what}: not a regular file")
+        if stat.S_IMODE(info.st_mode) & 0o077:
+            raise InputError(f"{what}: readable by others (run: chmod 600 {path})")
+        if info.st_size > MAX_SECRET_FILE:
+            raise InputError(f"{what}: too large")
+        text = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise InputError(f"{what}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{what}: not a text file") from None
+    if not text or any(c.isspace() for c in text):
+        raise InputError(f"{what}: expected exactly one line")
+    return text
+
+
+def read_control_key(path: Path) -> bytes:
+    """The controller's key: hex in an owner-only file."""
+    text = read_secret_file(path, "--control-key-file")
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        raise InputError(f"--control-key-file {path}: expected the key in hex") from None
+
+
+def _upstreams(values: list[str], models: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for value in values:
+        name, sep, url = value.partition("=")
+        if not sep or not name or not url.startswith(("http://", "https://")):
+            raise InputError(f"--upstream {value!r}: expected MODEL=http://HOST:PORT")
+        if name not in models:
+            raise InputError(f"--upstream {value!r}: the spec serves no model {name!r}")
+        out[name] = url
+    missing = [name for name in models if name not in out]
+    if missing:
+        raise InputError(f"no --upstream for model(s) {', '.join(missing)}")
+    return out
+
+
+@app.command("serve")
+def serve(
+    spec: Annotated[Path, typer.Option("--spec", help="The enclave spec.")],
+    upstream: Annotated[
+        list[str],
+        typer.Option("--upstream", help="MODEL=URL of a model server (once per model)."),
+    ],
+    host: Annotated[
+        str | None, typer.Option("--host", help="Listen address (default: spec.gateway.listen).")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option("--port", help="Port (default: spec.gateway.listen; 0: any).")
+    ] = None,
+    bootstrap: Annotated[
+        Path | None,
+        typer.Option("--bootstrap", help="The gateway's Vault bootstrap material (0600)."),
+    ] = None,
+    vault_token_file: TokenFileOpt = None,
+    control_key_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--control-key-file",
+            help="Hex key (0600) the shutdown controller signs heartbeats with. Without it the "
+            "gateway never gets a lease and denies every request.",
+        ),
+    ] = None,
+    max_in_flight: Annotated[
+        int, typer.Option("--max-in-flight", min=1, help="Requests served at once; more: 503.")
+    ] = 256,
+) -> None:
+    """Serve the gateway until interrupted; prints its URL once it listens."""
+    loaded = load_spec(spec)
+    upstreams = _upstreams(upstream, [model.name for model in loaded.spec.models])
+    control_key = read_control_key(control_key_file) if control_key_file else None
+    vault = loaded.spec.vault
+    if bootstrap is not None:
+        if vault.address == EMBEDDED:
+            raise InputError("--bootstrap needs an external Vault address in spec.vault")
+        ca = loaded.resolve(vault.ca_bundle) if vault.ca_bundle else None
+        client: Any = redeem(VaultConnection(vault.address, ca), bootstrap)
+    else:
+        client = admin_client_for(loaded, vault_token_file)
+    pipeline = Pipeline.from_spec(loaded, vault_token_loader(client, EnclavePaths(loaded.name)))
+    root = state_dir() / "enclaves" / loaded.name
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    signer = Ed25519Signer.from_file(root / "audit.key", create=True)
+    listen = loaded.spec.gateway.listen
+    sock = bind(
+        host if host is not None else str(listen.host), listen.port if port is None else port
+    )
+    try:
+        with AuditLog.open(
+            root / "audit",
+            enclave=loaded.name,
+            signer=signer,
+            settings=AuditSettings.from_spec(loaded.spec.audit),
+        ) as audit_log:
+            settings = GatewaySettings(
+                request_timeout=loaded.spec.gateway.request_timeout.total_seconds(),
+                max_in_flight=max_in_flight,
+                control_key=control_key,
+            )
+            gateway = create_app(
+                pipeline, upstreams=upstreams, audit_log=audit_log, settings=settings
+            )
+            config = uvicorn.Config(
+                gateway,
+                log_config=None,
+                access_log=False,
+                lifespan="on",
+                server_header=False,
+                timeout_graceful_shutdown=5,
+            )
+            url = url_of(sock)
+            log.info("gateway of enclave %s serving on %s", loaded.name, url)
+            typer.echo(f"gateway of enclave {loaded.name} serving on {url}")
+            _run_until_signalled(uvicorn.Server(config), sock)
+    finally:
+        sock.close()
+        adapter = getattr(client, "adapter", None)
+        if adapter is not None:
+            adapter.close()
+
+
+class _SignalledError(BaseException):
+    """SIGTERM/SIGINT, re-raised by uvicorn after its graceful shutdown."""
+
+
+def _raise_signalled(signum: int, _frame: object) -> None:
+    raise _SignalledError(signum)
+
+
+def _run_until_signalled(server: uvicorn.Server, sock: socket.socket) -> None:
+    """Run until SIGTERM/SIGINT; return normally after the graceful shutdown.
+
+    uvicorn re-raises the signal it caught once it has shut down; with the default handler
+    that would kill the process before the audit log is closed (and its checkpoint signed).
+    """
+    previous = {
+        sig: signal.signal(sig, _raise_signalled) for sig in (signal.SIGTERM, signal.SIGINT)
+    }
+    try:
+        server.run(sockets=[sock])
+    except _SignalledError as exc:
+        log.info("gateway stopped by signal %s", exc.args[0])
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+# -- the approval commands ------------------------------------------------------------------
+
+
+def _call(method: str, gateway: str, path: str, token_file: Path, json: Any = None) -> Any:
+    token = read_secret_file(token_file, "--token-file")
+    try:
+        with httpx.Client(base_url=gateway, timeout=150.0, trust_env=False) as client:
+            answer = client.request(
+                method, path, json=json, headers={"authorization": f"Bearer {token}"}
+            )
+    except httpx.HTTPError as exc:
+        raise ServiceError(f"gateway {gateway}: {type(exc).__name__}") from None
+    try:
+        data = answer.json()
+    except ValueError:
+        data = {}
+    if answer.is_success:
+        return data
+    error = data.get("error") if isinstance(data, dict) else None
+    message = error.get("message") if isinstance(error, dict) else answer.reason_phrase
+    code = error.get("code") if isinstance(error, dict) else answer.status_code
+    text = f"gateway: {message} ({code}, HTTP {answer.status_code})"
+    if answer.status_code == 404:
+        raise NotFoundError(text)
+    if answer.status_code == 409:
+        raise ConflictError(text)
+    if answer.status_code in (400, 401, 403):
+        raise InputError(text)
+    raise EnclaveError(text)
+
+
+def approve(
+    approval_id: Annotated[str, typer.Argument(help="The approval id (apr-...).")],
+    token_file: ApiTokenOpt,
+    gateway: GatewayOpt = DEFAULT_GATEWAY,
+) -> None:
+    """Approve a held request (not your own); the gateway runs it for its requester."""
+    data = _call("POST", gateway, f"/v1/approvals/{approval_id}/approve", token_file)
+    typer.echo(f"approved {approval_id} (result: HTTP {data.get('result_status')})")
+
+
+def deny(
+    approval_id: Annotated[str, typer.Argument(help="The approval id (apr-...).")],
+    token_file: ApiTokenOpt,
+    reason: Annotated[str, typer.Option("--reason", help="Why (shown to the requester).")] = "",
+    gateway: GatewayOpt = DEFAULT_GATEWAY,
+) -> None:
+    """Refuse a held request."""
+    _call("POST", gateway, f"/v1/approvals/{approval_id}/deny", token_file, {"reason": reason})
+    typer.echo(f"denied {approval_id}")
+
+
+@approvals_app.command("list")
+def list_approvals(token_file: ApiTokenOpt, gateway: GatewayOpt = DEFAULT_GATEWAY) -> None:
+    """Requests waiting for an approver."""
+    data = _call("GET", gateway, "/v1/approvals", token_file)
+    items = data.get("data") or []
+    if not items:
+        typer.echo("no pending approvals")
+    for item in items:
+        typer.echo(
+            f"{item['id']}  {item['requester']}  {item['purpose']}  {item['endpoint']}  "
+            f"{item.get('model') or '-'}"
+        )
