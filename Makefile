@@ -12,7 +12,8 @@ PYTEST_ARGS ?=
 help:
 	@echo "make setup      install host packages, create .venv, start dockerd (idempotent)"
 	@echo "make demo       write the example enclave under .demo/, validate it, start the"
-	@echo "                embedded Vault and provision the enclave's identities"
+	@echo "                embedded Vault, provision the enclave's identities and send a"
+	@echo "                permitted, a prohibited and an approved request through the gateway"
 	@echo "make test       run every test tier (unit, integration, e2e) against real services"
 	@echo "make lint       ruff lint + format check + import-linter contracts"
 	@echo "make typecheck  mypy --strict over src, tests and bench"
@@ -39,6 +40,7 @@ demo: setup
 	$(VENV)/bin/enclave --state-dir $(DEMO_STATE) vault start
 	$(VENV)/bin/enclave --state-dir $(DEMO_STATE) vault provision .demo/enclave.yaml
 	$(VENV)/bin/enclave --state-dir $(DEMO_STATE) vault status
+	$(PY) scripts/demo_requests.py --spec .demo/enclave.yaml --state-dir $(DEMO_STATE)
 	@echo "the demo's embedded Vault keeps running; stop it with:" \
 	     "$(VENV)/bin/enclave --state-dir $(DEMO_STATE) vault stop"
 
