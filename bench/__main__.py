@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from bench import audit_log, spec_load, vault_provision, vault_revoke
+from bench import audit_log, gateway, spec_load, vault_provision, vault_revoke
 
 
 def main() -> None:
-    for bench in (spec_load, audit_log, vault_provision, vault_revoke):
+    for bench in (spec_load, audit_log, vault_provision, vault_revoke, gateway):
         bench.main()
         print()
 

@@ -133,7 +133,7 @@ def serve(
     ] = None,
     max_in_flight: Annotated[
         int, typer.Option("--max-in-flight", min=1, help="Requests served at once; more: 503.")
-    ] = 256,
+    ] = 64,
 ) -> None:
     """Serve the gateway until interrupted; prints its URL once it listens."""
     loaded = load_spec(spec)

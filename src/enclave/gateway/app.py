@@ -91,12 +91,13 @@ class GatewaySettings:
     request_timeout: float = 120.0
     """Seconds a model server may take to answer (and between two events of a stream)."""
     connect_timeout: float = 5.0
-    max_in_flight: int = 256
-    """Requests served at once; more are refused ``503 overloaded`` at once, never queued."""
+    max_in_flight: int = 64
+    """Requests served at once; more are refused ``503 overloaded`` at once, never queued.
+    Small on purpose: admitted requests keep a bounded latency instead of queueing for seconds."""
     retry_after: float = 1.0
     """``Retry-After`` (seconds) sent with ``503 overloaded``."""
-    max_connections: int = 256
-    """Pooled connections per model server."""
+    max_connections: int = 32
+    """Pooled connections per model server (httpx scans its pool per request: keep it small)."""
     control_key: bytes | None = field(default=None, repr=False)
     """The key the shutdown controller signs its commands with; None: no ``/control``."""
     control_identity: str = "controller"

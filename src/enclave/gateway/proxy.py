@@ -103,7 +103,7 @@ class Upstreams:
         *,
         timeout: float,
         connect_timeout: float = 5.0,
-        max_connections: int = 256,
+        max_connections: int = 32,
         transports: Mapping[str, httpx.AsyncBaseTransport] | None = None,
     ) -> None:
         limits = httpx.Limits(
