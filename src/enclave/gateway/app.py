@@ -30,6 +30,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
@@ -72,6 +73,9 @@ if TYPE_CHECKING:
     from enclave.spec.model import EnclaveSpec
 
 log = logging.getLogger(__name__)
+
+_AUDIT_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+"""What the audit log accepts as a request id; anything else is recorded without one."""
 
 _JSON = {"content-type": "application/json"}
 _REQUEST_ID = "x-request-id"
@@ -448,7 +452,7 @@ class _Gateway:
             action=action,
             decision=Decision.DENY,
             reason=denial.code.value,
-            request_id=approval_id if len(approval_id) <= 128 else None,
+            request_id=approval_id if _AUDIT_ID.fullmatch(approval_id) else None,
             details=denial.audit_details(),
         )
         failed = await self.record(event)
