@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import re
 import secrets
@@ -38,7 +37,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
-import yaml
 
 from enclave.errors import EnclaveError, NotFoundError
 from enclave.gateway.control import SIGNATURE_HEADER, ControlCommand, ControlKind, sign_control
@@ -126,27 +124,6 @@ def api_token(admin: Any, loaded: LoadedSpec, principal: str, path: Path) -> Pat
                 return path
     issued = issue(admin, paths, principal, list(roles))
     return write_private(path, issued.token + "\n")
-
-
-def gateway_spec(loaded: LoadedSpec, vault: EmbeddedVault, work: Path) -> Path:
-    """A copy of the spec naming the embedded Vault's address, for ``--bootstrap``.
-
-    Paths in the spec are made absolute, since the copy lives in another directory.
-    """
-    data = yaml.safe_load(loaded.source.read_text(encoding="utf-8"))
-    spec = data["spec"]
-    connection = vault.connection()
-    spec["vault"] = {
-        "address": connection.address,
-        "caBundle": str(Path(str(connection.ca_bundle)).resolve()),
-    }
-    usage = spec.setdefault("usage", {})
-    usage["catalog"] = str(loaded.catalog_source)
-    if "compliance" in spec and "baseline" in spec["compliance"]:
-        spec["compliance"]["baseline"] = str(loaded.resolve(spec["compliance"]["baseline"]))
-    path = work / "gateway-spec.yaml"
-    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")  # JSON is YAML
-    return path
 
 
 # -- the two servers ------------------------------------------------------------------------
@@ -384,7 +361,6 @@ def run(spec: Path, state: Path) -> int:
                 f"enclave {loaded.name} is not provisioned (run: enclave vault provision)"
             ) from None
         boot = write_bootstrap(material, work / "gateway.bootstrap")
-        gateway_spec_file = gateway_spec(loaded, vault, work)
     finally:
         admin.adapter.close()
 
@@ -417,7 +393,7 @@ def run(spec: Path, state: Path) -> int:
                 "gateway",
                 "serve",
                 "--spec",
-                str(gateway_spec_file),
+                str(loaded.source),
                 "--port",
                 "0",
                 "--upstream",

@@ -40,6 +40,7 @@ from enclave.gateway.pipeline import Pipeline
 from enclave.runtime.server import bind, url_of
 from enclave.spec import load_spec
 from enclave.vault.client import VaultConnection
+from enclave.vault.embedded import EmbeddedVault
 from enclave.vault.names import EnclavePaths
 from enclave.vault.provision import redeem
 
@@ -142,9 +143,11 @@ def serve(
     vault = loaded.spec.vault
     if bootstrap is not None:
         if vault.address == EMBEDDED:
-            raise InputError("--bootstrap needs an external Vault address in spec.vault")
-        ca = loaded.resolve(vault.ca_bundle) if vault.ca_bundle else None
-        client: Any = redeem(VaultConnection(vault.address, ca), bootstrap)
+            connection = EmbeddedVault(state_dir()).connection()
+        else:
+            ca = loaded.resolve(vault.ca_bundle) if vault.ca_bundle else None
+            connection = VaultConnection(vault.address, ca)
+        client: Any = redeem(connection, bootstrap)
     else:
         client = admin_client_for(loaded, vault_token_file)
     pipeline = Pipeline.from_spec(loaded, vault_token_loader(client, EnclavePaths(loaded.name)))
