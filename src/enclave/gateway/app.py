@@ -101,7 +101,8 @@ class GatewaySettings:
     retry_after: float = 1.0
     """``Retry-After`` (seconds) sent with ``503 overloaded``."""
     max_connections: int = 32
-    """Pooled connections per model server (httpx scans its pool per request: keep it small)."""
+    """Pooled connections per model server, in shards of two (httpcore scans a pool per request,
+    so each shard is kept small: :class:`~enclave.gateway.proxy.ShardedTransport`)."""
     control_key: bytes | None = field(default=None, repr=False)
     """The key the shutdown controller signs its commands with; None: no ``/control``."""
     control_identity: str = "controller"
@@ -336,7 +337,10 @@ class _Gateway:
         try:
             upstream = await client.send(
                 client.build_request(
-                    "POST", decision.endpoint.path, content=request.body, headers=_JSON
+                    "POST",
+                    self.upstreams.url(model, decision.endpoint.path),
+                    content=request.body,
+                    headers=_JSON,
                 ),
                 stream=True,
             )
