@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import signal
 import socket
-import stat
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -26,6 +25,7 @@ import uvicorn
 
 from enclave.audit import AuditLog, AuditSettings, Ed25519Signer
 from enclave.cli.context import state_dir
+from enclave.cli.secretfile import read_secret_file
 from enclave.cli.vaultconn import EMBEDDED, TokenFileOpt, admin_client_for
 from enclave.errors import (
     ConflictError,
@@ -49,7 +49,6 @@ log = logging.getLogger(__name__)
 app = typer.Typer(help="The policy gateway: serve it.", no_args_is_help=True)
 approvals_app = typer.Typer(help="Requests held for a human approval.", no_args_is_help=True)
 
-MAX_SECRET_FILE = 64 * 1024
 DEFAULT_GATEWAY = "http://127.0.0.1:8443"
 
 GatewayOpt = Annotated[
@@ -59,27 +58,6 @@ ApiTokenOpt = Annotated[
     Path,
     typer.Option("--token-file", help="File (mode 0600) holding your enclave API token."),
 ]
-
-
-def read_secret_file(path: Path, option: str) -> str:
-    """The one-line secret in ``path``; refuses a file others can read, or an empty one."""
-    what = f"{option} {path}"
-    try:
-        info = path.stat()
-        if not stat.S_ISREG(info.st_mode):
-            raise InputError(f"{what}: not a regular file")
-        if stat.S_IMODE(info.st_mode) & 0o077:
-            raise InputError(f"{what}: readable by others (run: chmod 600 {path})")
-        if info.st_size > MAX_SECRET_FILE:
-            raise InputError(f"{what}: too large")
-        text = path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise InputError(f"{what}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise InputError(f"{what}: not a text file") from None
-    if not text or any(c.isspace() for c in text):
-        raise InputError(f"{what}: expected exactly one line")
-    return text
 
 
 def read_control_key(path: Path) -> bytes:

@@ -9,13 +9,13 @@ it never shows up in ``ps`` or a shell history.
 from __future__ import annotations
 
 import contextlib
-import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from enclave.cli.context import state_dir
+from enclave.cli.secretfile import read_secret_file
 from enclave.errors import InputError
 from enclave.vault.client import VaultConnection, connect
 from enclave.vault.embedded import EmbeddedVault
@@ -28,7 +28,6 @@ if TYPE_CHECKING:
     from enclave.spec import LoadedSpec
 
 EMBEDDED = "embedded"
-MAX_TOKEN_FILE = 64 * 1024
 
 TokenFileOpt = Annotated[
     Path | None,
@@ -39,27 +38,6 @@ TokenFileOpt = Annotated[
         show_default=False,
     ),
 ]
-
-
-def read_token_file(path: Path) -> str:
-    """The token in ``path``; refuses a file others can read, or an empty one."""
-    what = f"--vault-token-file {path}"
-    try:
-        info = path.stat()
-        if not stat.S_ISREG(info.st_mode):
-            raise InputError(f"{what}: not a regular file")
-        if stat.S_IMODE(info.st_mode) & 0o077:
-            raise InputError(f"{what}: readable by others (run: chmod 600 {path})")
-        if info.st_size > MAX_TOKEN_FILE:
-            raise InputError(f"{what}: too large for a token file")
-        token = path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise InputError(f"{what}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise InputError(f"{what}: not a text file") from None
-    if not token or any(c.isspace() for c in token):
-        raise InputError(f"{what}: expected exactly one token")
-    return token
 
 
 def admin_client_for(loaded: LoadedSpec, token_file: Path | None) -> hvac.Client:
@@ -80,7 +58,10 @@ def admin_client_for(loaded: LoadedSpec, token_file: Path | None) -> hvac.Client
     ca_bundle = loaded.resolve(vault.ca_bundle) if vault.ca_bundle else None
     if ca_bundle is not None and not ca_bundle.is_file():
         raise InputError(f"spec.vault.caBundle: {ca_bundle}: no such file")
-    return connect(VaultConnection(vault.address, ca_bundle), read_token_file(token_file))
+    return connect(
+        VaultConnection(vault.address, ca_bundle),
+        read_secret_file(token_file, "--vault-token-file"),
+    )
 
 
 @contextlib.contextmanager
