@@ -17,17 +17,11 @@ from pathlib import Path
 import pytest
 
 from support import REPO_ROOT
+from support.gateway_procs import enclave_argv
 
 pytestmark = [pytest.mark.vault, pytest.mark.timeout(300)]
 
 SCRIPT = REPO_ROOT / "scripts" / "demo_requests.py"
-
-
-def enclave_argv() -> list[str]:
-    script = Path(sys.executable).with_name("enclave")
-    if script.is_file():
-        return [str(script)]
-    return [sys.executable, "-c", "from enclave.cli.main import run; run()"]
 
 
 def run(argv: list[str], timeout: float = 120) -> subprocess.CompletedProcess[str]:

@@ -8,7 +8,6 @@ import re
 import select
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,17 +17,10 @@ import httpx
 import pytest
 
 from enclave.runtime import NgramModel, SamplingParams, builtin_weights
+from support.gateway_procs import enclave_argv
 
 NAME = "assistant"
 START_TIMEOUT = 20.0
-
-
-def enclave_argv() -> list[str]:
-    """The installed console script next to this interpreter, else the same entry point."""
-    script = Path(sys.executable).with_name("enclave")
-    if script.is_file():
-        return [str(script)]
-    return [sys.executable, "-c", "from enclave.cli.main import run; run()"]
 
 
 @dataclass
