@@ -16,7 +16,7 @@ from enclave.gateway.ratelimit import RateLimiter
 from enclave.gateway.rules import RuleScreen
 from enclave.gateway.state import ShutdownState
 from enclave.spec import LoadedSpec, load_spec
-from enclave.vault.tokens import TokenRecord, new_token, token_hash
+from enclave.vault.tokens import TokenRecord, new_token, parse_token, token_hash
 from support import REPO_ROOT
 
 if TYPE_CHECKING:
@@ -103,7 +103,7 @@ class Tokens:
         return token
 
     def revoke(self, token: str) -> None:
-        token_id = token.split("_")[1]
+        token_id = parse_token(token)[0]
         del self.records[token_id]
 
     def snapshot(self) -> TokenSnapshot:

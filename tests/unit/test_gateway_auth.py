@@ -24,6 +24,7 @@ from enclave.gateway.denial import Denial, DenialCode
 from enclave.gateway.policy import Policy, Principal
 from enclave.spec import LoadedSpec
 from enclave.vault.names import EnclavePaths
+from enclave.vault.tokens import parse_token
 from support.gateway import Clock, Tokens, issue_for_spec, write_spec
 from support.workspace import Workspace
 
@@ -63,8 +64,8 @@ def test_everything_else_is_401_and_never_echoes_the_token(
     cache = TokenCache(tokens.snapshot, policy.resolve_token, clock=Clock(), wall_clock=lambda: now)
     cache.install(tokens.snapshot())
     good = tokens.by_principal["alice"]
-    token_id, secret = good.split("_")[1], good.split("_")[2]
-    other_secret = tokens.by_principal["bob"].split("_")[2]
+    token_id, secret = parse_token(good)
+    other_secret = parse_token(tokens.by_principal["bob"])[1]
     tampered = good[:-1] + ("A" if good[-1] != "A" else "B")
     unknown = f"enc_{'Z' * 12}_{secret}"
     swapped = f"enc_{token_id}_{other_secret}"

@@ -29,6 +29,7 @@ from enclave.gateway import (
 )
 from enclave.gateway.auth import TokenSnapshot
 from enclave.spec import Action, LoadedSpec
+from enclave.vault.tokens import parse_token
 from support.gateway import (
     SCREENS,
     SPEC,
@@ -229,14 +230,14 @@ def test_audit_records_hold_decisions_not_secrets(pipeline: Pipeline, tokens: To
     assert event.purpose == "translation" and event.model == "assistant"
     assert event.prompt_sha256 == allowed.payload_sha256
     assert event.request_id == allowed.request_id and event.request_id.startswith("req-")
-    assert event.details is not None and event.details["token_id"] == token.split("_")[1]
+    assert event.details is not None and event.details["token_id"] == parse_token(token)[0]
     assert event.content is None
     denied = pipeline.decide(Endpoint.CHAT, headers(tokens, "alice"), chat(KILL_TEXT))
     assert denied.audit_event().decision is Decision.DENY
     assert denied.audit_event().reason == "prohibited_use"
     for decision in (allowed, denied):
         text = record_text(decision)
-        assert token not in text and token.split("_")[2] not in text
+        assert token not in text and parse_token(token)[1] not in text
         assert "convoy" not in text and "turret" not in text
     anonymous = pipeline.decide(
         Endpoint.CHAT, {"authorization": f"Bearer {token}x", PURPOSE_HEADER: "../x"}, b"{}"

@@ -12,6 +12,7 @@ from enclave.gateway.policy import Policy, Principal
 from enclave.gateway.request import PURPOSE_HEADER, Endpoint
 from enclave.spec import Action, LoadedSpec
 from enclave.spec.model import Role
+from enclave.vault.tokens import parse_token
 from support.gateway import Clock, bearer, build_pipeline, chat, issue_for_spec, write_spec
 from support.workspace import Workspace
 
@@ -192,4 +193,4 @@ def test_every_pipeline_principal_resolves_from_its_token(loaded: LoadedSpec) ->
     for name, token in tokens.by_principal.items():
         principal = pipeline.tokens.authenticate(f"Bearer {token}")
         assert isinstance(principal, Principal) and principal.name == name
-        assert principal.token_id == token.split("_")[1]
+        assert principal.token_id == parse_token(token)[0]
