@@ -15,10 +15,11 @@ never binds: the benchmark measures cost, not the policy.
 
 On a machine with two or more CPUs the gateway is pinned to CPU 0 and everything else (this
 process, OpenBao, the model server and the load generator) to CPU 1. The load generator is a
-separate process running an asyncio httpx client: open loop at a fixed rate (latency measured
-from each request's scheduled send time, so a stalled server cannot hide its queue), or closed
-loop with N concurrent workers (throughput). Added latency is the difference of the two
-percentiles (gateway minus direct), each from its own run in the same session.
+separate process running enclave's own lean HTTP/1.1 client (the gateway's upstream pool, so
+the generator costs far less per request than the servers): open loop at a fixed rate
+(latency measured from each request's scheduled send time, so a stalled server cannot hide its
+queue), or closed loop with N concurrent workers (throughput). Added latency is the difference
+of the two percentiles (gateway minus direct), each from its own run in the same session.
 
 Run alone with ``PYTHONPATH=tests python -m bench.gateway``.
 """
@@ -26,8 +27,6 @@ Run alone with ``PYTHONPATH=tests python -m bench.gateway``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import importlib.util
 import json
 import math
 import os
@@ -51,6 +50,7 @@ import httpx
 
 from enclave.audit import verify_log
 from enclave.gateway.control import SIGNATURE_HEADER, ControlCommand, ControlKind, sign_control
+from enclave.gateway.upstream import Http1Pool, UpstreamError, UpstreamResponse
 from enclave.runtime.weights import reference_corpus, train, write_weights
 from enclave.spec import load_spec
 from enclave.vault.names import EnclavePaths
@@ -73,8 +73,8 @@ TTFT_RATE = 50.0
 TTFT_SECONDS = 4.0
 OVERLOAD_SECONDS = 5.0
 START_TIMEOUT = 30.0
-OPEN_CLIENTS = 32
-OPEN_CONNECTIONS = 64
+OPEN_CONNECTIONS = 2048
+"""Open loop: connections the generator may hold (no request waits for one: many clients)."""
 CHAT = "/v1/chat/completions"
 PROMPTS = (
     "Translate into French: the convoy leaves at dawn.",
@@ -128,14 +128,7 @@ class Result:
 
 
 def _pin(cpu: int) -> None:
-    """The pool worker's initializer: pin it, allow many sockets, skip httpcore's failed import.
-
-    httpcore looks for ``sniffio`` under two locks per request; when it is not installed every
-    look-up is a failed import that searches ``sys.path`` (about 0.2 ms each). Marking it absent
-    makes the failure immediate. Only the generator gets this: the gateway pays the real cost.
-    """
-    if importlib.util.find_spec("sniffio") is None:
-        sys.modules["sniffio"] = None  # type: ignore[assignment]
+    """The pool worker's initializer: pin it, allow many sockets."""
     if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > cpu:
         os.sched_setaffinity(0, {cpu})
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -161,13 +154,13 @@ def _has_content(payload: str) -> bool:
 
 
 async def _read_stream(
-    answer: httpx.Response, start: float
+    answer: UpstreamResponse, start: float
 ) -> tuple[float | None, float | None, bool]:
     """(seconds to the first event, to the first content, whether the stream broke)."""
     first_event: float | None = None
     first_content: float | None = None
     done = broken = False
-    async for line in answer.aiter_lines():
+    async for line in answer.lines():
         if not line.startswith("data:"):
             continue
         now = time.perf_counter()
@@ -179,7 +172,7 @@ async def _read_stream(
             broken = True
         elif first_content is None and _has_content(payload):
             first_content = now - start
-    return first_event, first_content, broken or (answer.status_code == 200 and not done)
+    return first_event, first_content, broken or (answer.status == 200 and not done)
 
 
 class _Recorder:
@@ -188,23 +181,19 @@ class _Recorder:
         self.result = Result(seconds=job.seconds)
         self.window = 0.0  # perf_counter at the measured window's start
 
-    async def one(
-        self, client: httpx.AsyncClient, index: int, start: float, *, open_: bool
-    ) -> None:
+    async def one(self, client: Http1Pool, index: int, start: float, *, open_: bool) -> None:
         """Send request ``index``; record it if it falls in the window (open loop: by its
         scheduled start, closed loop: by when it ends)."""
         result = self.result
-        status, headers, first_event, first_content, broken = 0, httpx.Headers(), None, None, False
+        status, headers, first_event, first_content, broken = 0, {}, None, None, False
         try:
-            body = _body(index, stream=self.job.stream)
+            answer = await client.request("POST", CHAT, _body(index, stream=self.job.stream))
+            status, headers = answer.status, answer.headers
             if self.job.stream:
-                async with client.stream("POST", CHAT, content=body) as answer:
-                    status, headers = answer.status_code, answer.headers
-                    first_event, first_content, broken = await _read_stream(answer, start)
+                first_event, first_content, broken = await _read_stream(answer, start)
             else:
-                answer = await client.post(CHAT, content=body)
-                status, headers = answer.status_code, answer.headers
-        except httpx.HTTPError:
+                await answer.read()
+        except UpstreamError:
             broken = True
         end = time.perf_counter()
         window_end = self.window + self.job.seconds
@@ -227,7 +216,7 @@ class _Recorder:
                 result.first_content.append(first_content)
 
 
-async def _open_loop(clients: list[httpx.AsyncClient], recorder: _Recorder) -> None:
+async def _open_loop(clients: list[Http1Pool], recorder: _Recorder) -> None:
     job = recorder.job
     t0 = time.perf_counter() + 0.05
     recorder.window = t0 + job.warmup
@@ -247,46 +236,45 @@ async def _open_loop(clients: list[httpx.AsyncClient], recorder: _Recorder) -> N
     await asyncio.gather(*tasks)
 
 
-async def _closed_loop(clients: list[httpx.AsyncClient], recorder: _Recorder) -> None:
+async def _closed_loop(clients: list[Http1Pool], recorder: _Recorder) -> None:
     job = recorder.job
     recorder.window = time.perf_counter() + job.warmup
     stop = recorder.window + job.seconds
     counter = iter(range(sys.maxsize))
 
-    async def worker(client: httpx.AsyncClient) -> None:
+    async def worker(client: Http1Pool) -> None:
         while time.perf_counter() < stop:
             await recorder.one(client, next(counter), time.perf_counter(), open_=False)
 
     await asyncio.gather(*(worker(client) for client in clients))
 
 
-def _client(job: Job, connections: int) -> httpx.AsyncClient:
-    return httpx.AsyncClient(
-        base_url=job.url,
-        headers={"content-type": "application/json", **job.headers},
-        limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
-        timeout=httpx.Timeout(30.0),
-        trust_env=False,
+def _client(job: Job, connections: int) -> Http1Pool:
+    return Http1Pool(
+        job.url,
+        timeout=30.0,
+        connect_timeout=30.0,
+        max_connections=connections,
+        headers=job.headers,
     )
 
 
 async def _run(job: Job) -> Result:
-    """Closed loop: one client (one connection) per worker. Open loop: OPEN_CLIENTS clients
-    taking turns. httpcore's pool scans every connection and queued request on each change,
-    so one client with hundreds of connections costs the generator more than the servers."""
+    """Closed loop: one connection per worker. Open loop: one pool of OPEN_CONNECTIONS."""
     recorder = _Recorder(job)
-    count = job.concurrency or OPEN_CLIENTS
-    async with contextlib.AsyncExitStack() as stack:
-        clients = [
-            await stack.enter_async_context(
-                _client(job, 1 if job.concurrency else OPEN_CONNECTIONS)
-            )
-            for _ in range(count)
-        ]
+    clients = (
+        [_client(job, 1) for _ in range(job.concurrency)]
+        if job.concurrency
+        else [_client(job, OPEN_CONNECTIONS)]
+    )
+    try:
         if job.rate:
             await _open_loop(clients, recorder)
         else:
             await _closed_loop(clients, recorder)
+    finally:
+        for client in clients:
+            await client.aclose()
     return recorder.result
 
 

@@ -26,6 +26,7 @@ from enclave.runtime import create_app as create_runtime
 from support.gateway import Clock, Tokens, bearer, build_pipeline, issue_for_spec, load_screen
 from support.gateway import write_spec as write_gateway_spec
 from support.gateway_app import BannedWordScreen, closed_port
+from support.upstream import HttpxUpstream
 from support.workspace import make_workspace
 
 with warnings.catch_warnings():
@@ -91,6 +92,7 @@ def make_env(
     *,
     upstream: str = "http://assistant",
     transport: httpx.AsyncBaseTransport | None = None,
+    real_pool: bool = False,
     settings: GatewaySettings | None = None,
 ) -> tuple[Starlette, Env]:
     loaded = write_gateway_spec(make_workspace(tmp_path))
@@ -106,7 +108,9 @@ def make_env(
         upstreams={"assistant": upstream},
         audit_log=log,
         settings=settings,
-        transports={"assistant": transport or httpx.ASGITransport(app=runtime)},
+        overrides=None
+        if real_pool
+        else {"assistant": HttpxUpstream(transport or httpx.ASGITransport(app=runtime))},
     )
     env = Env(TestClient(app), app, runtime, pipeline, tokens, clock, screen, log, audit_dir)
     return app, env
@@ -369,10 +373,15 @@ def test_requester_cannot_approve_own_and_deny(env: Env) -> None:
 # --- faults ---------------------------------------------------------------------------------
 
 
-def test_audit_failure_refuses_and_forwards_nothing(env: Env) -> None:
+def test_audit_failure_releases_nothing_then_forwards_nothing(env: Env) -> None:
     env.log.close()
+    # The decision record is written while the request is forwarded, so the request that
+    # finds the log broken may reach the model; nothing of its answer is released.
+    first = env.chat()
+    assert (first.status_code, error_code(first)) == (503, "audit_unavailable")
+    assert "choices" not in first.json()
     before = env.upstream_requests
-    response = env.chat()
+    response = env.chat()  # the gateway knows now: nothing more is forwarded
     assert (response.status_code, error_code(response)) == (503, "audit_unavailable")
     assert "audit log" in response.json()["error"]["message"]
     assert env.upstream_requests == before
@@ -383,7 +392,7 @@ def test_audit_failure_refuses_and_forwards_nothing(env: Env) -> None:
 
 def test_upstream_down_is_502_and_audited(tmp_path: Path, model: NgramModel) -> None:
     url = f"http://127.0.0.1:{closed_port()}"
-    _app, made = make_env(tmp_path, model, upstream=url, transport=httpx.AsyncHTTPTransport())
+    _app, made = make_env(tmp_path, model, upstream=url, real_pool=True)
     with made.client:
         response = made.chat()
     made.log.close()

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import schemathesis
 import schemathesis.python.asgi
@@ -51,6 +50,7 @@ from enclave.runtime import create_app as create_runtime
 from support.gateway import Clock, Tokens, build_pipeline, issue_for_spec, load_screen
 from support.gateway import write_spec as write_gateway_spec
 from support.gateway_app import BannedWordScreen
+from support.upstream import HttpxUpstream
 from support.workspace import make_workspace
 
 EXAMPLES = 120
@@ -95,9 +95,8 @@ def gateway(tmp_path: Path) -> Iterator[Gateway]:
         pipeline,
         upstreams={name: f"http://{name}" for name in models},
         audit_log=log,
-        transports={
-            name: httpx.ASGITransport(app=create_runtime(weights, model_name=name))
-            for name in models
+        overrides={
+            name: HttpxUpstream.asgi(create_runtime(weights, model_name=name)) for name in models
         },
     )
     try:

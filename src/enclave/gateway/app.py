@@ -35,7 +35,6 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
-import httpx
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
@@ -59,6 +58,7 @@ from enclave.gateway.proxy import (
     upstream_failure,
 )
 from enclave.gateway.request import Endpoint
+from enclave.gateway.upstream import UpstreamError
 from enclave.spec.model import Action
 
 if TYPE_CHECKING:
@@ -70,6 +70,7 @@ if TYPE_CHECKING:
     from enclave.gateway.approvals import Approval
     from enclave.gateway.pipeline import GatewayDecision, Pipeline
     from enclave.gateway.policy import Principal
+    from enclave.gateway.upstream import Upstream, UpstreamResponse
     from enclave.spec.model import EnclaveSpec
 
 log = logging.getLogger(__name__)
@@ -101,8 +102,7 @@ class GatewaySettings:
     retry_after: float = 1.0
     """``Retry-After`` (seconds) sent with ``503 overloaded``."""
     max_connections: int = 32
-    """Pooled connections per model server, in shards of two (httpcore scans a pool per request,
-    so each shard is kept small: :class:`~enclave.gateway.proxy.ShardedTransport`)."""
+    """Keep-alive connections per model server (:class:`~enclave.gateway.upstream.Http1Pool`)."""
     control_key: bytes | None = field(default=None, repr=False)
     """The key the shutdown controller signs its commands with; None: no ``/control``."""
     control_identity: str = "controller"
@@ -266,22 +266,50 @@ class _Gateway:
             headers = {_REQUEST_ID: decision.request_id}
             if not decision.allowed:
                 return await self.refuse(decision, headers)
-            failed = await self.record(decision.audit_event())
-            if failed is not None:
-                return _error(failed.body(), failed.status, {**failed.headers(), **headers})
-            self.metrics.requests.labels(endpoint.value, "allow", "ok").inc()
-            if await request.is_disconnected():
-                gone = Failure(499, "client_closed", "the client went away before forwarding")
-                await self.complete(decision, gone)
-                return Response(status_code=499)
-            if endpoint is Endpoint.MODELS:
-                return await self.models(decision, headers)
-            response = await self.forward(decision, headers, release)
+            response = await self.serve(request, decision, headers, release)
             handed_over = isinstance(response, ScreenedStream)
             return response
         finally:
             if not handed_over:
                 release()
+
+    async def serve(
+        self, request: Request, decision: GatewayDecision, headers: dict[str, str], release: Any
+    ) -> Response:
+        """An allowed request: recorded, then forwarded (or answered here, for ``/v1/models``).
+
+        The decision record is written while the request is forwarded; nothing of the answer
+        is released (nor a completion recorded) before it is durable.
+        """
+        recorded = asyncio.ensure_future(self.record(decision.audit_event()))
+        if self.audit_error is not None:  # the log failed before: forward nothing until
+            failed = await recorded  # this record proves it writes again
+            if failed is not None:
+                return _error(failed.body(), failed.status, {**failed.headers(), **headers})
+        if await request.is_disconnected():
+            refused = await self.unrecorded(decision, recorded, headers)
+            if refused is not None:
+                return refused
+            gone = Failure(499, "client_closed", "the client went away before forwarding")
+            await self.complete(decision, gone)
+            return Response(status_code=499)
+        if decision.endpoint is Endpoint.MODELS:
+            refused = await self.unrecorded(decision, recorded, headers)
+            return refused or await self.models(decision, headers)
+        return await self.forward(decision, headers, release, recorded)
+
+    async def unrecorded(
+        self,
+        decision: GatewayDecision,
+        recorded: asyncio.Future[Failure | None],
+        headers: dict[str, str],
+    ) -> Response | None:
+        """Wait for the decision record; the 503 to answer with when it could not be written."""
+        failed = await recorded
+        if failed is not None:
+            return _error(failed.body(), failed.status, {**failed.headers(), **headers})
+        self.metrics.requests.labels(decision.endpoint.value, "allow", "ok").inc()
+        return None
 
     async def refuse(self, decision: GatewayDecision, headers: dict[str, str]) -> Response:
         denial = decision.denial
@@ -303,12 +331,13 @@ class _Gateway:
         cards: list[Any] = []
         for model in self.upstreams:
             try:
-                answer = await self.upstreams.client(model).get(Endpoint.MODELS.path)
-                data = answer.json() if answer.status_code == 200 else None
-            except (httpx.HTTPError, ValueError) as exc:
+                answer = await self.upstreams.get(model).request("GET", Endpoint.MODELS.path)
+                content = await answer.read()
+                data = json.loads(content) if answer.status == 200 else None
+            except (UpstreamError, ValueError) as exc:
                 failure = (
                     upstream_failure(exc, model)
-                    if isinstance(exc, httpx.HTTPError)
+                    if isinstance(exc, UpstreamError)
                     else Failure(502, "upstream_error", f"the model server for {model!r} failed")
                 )
                 await self.complete(decision, failure)
@@ -321,46 +350,55 @@ class _Gateway:
         return Response(content, 200, {**_JSON, **headers}, background=task)
 
     async def forward(
-        self, decision: GatewayDecision, headers: dict[str, str], release: Any
+        self,
+        decision: GatewayDecision,
+        headers: dict[str, str],
+        release: Any,
+        recorded: asyncio.Future[Failure | None],
     ) -> Response:
         request = decision.request
         model = decision.model
         assert request is not None and model is not None  # noqa: S101 - allowed requests
+        failure: Failure | None = None
         if model not in self.upstreams:
             failure = Failure(
                 502, "upstream_unavailable", f"no model server is configured for {model!r}"
             )
-            await self.complete(decision, failure)
-            return _error(failure.body(), failure.status, headers)
-        client = self.upstreams.client(model)
-        sent = time.perf_counter()
+        else:
+            sent = time.perf_counter()
+            try:
+                upstream = await self.upstreams.get(model).request(
+                    "POST", decision.endpoint.path, request.body
+                )
+            except UpstreamError as exc:
+                failure = upstream_failure(exc, model)
+                log.warning("request %s: %s", decision.request_id, failure.message)
+            else:
+                self.metrics.upstream_latency.labels(model).observe(time.perf_counter() - sent)
         try:
-            upstream = await client.send(
-                client.build_request(
-                    "POST",
-                    self.upstreams.url(model, decision.endpoint.path),
-                    content=request.body,
-                    headers=_JSON,
-                ),
-                stream=True,
-            )
-        except httpx.HTTPError as exc:
-            failure = upstream_failure(exc, model)
-            log.warning("request %s: %s", decision.request_id, failure.message)
+            refused = await self.unrecorded(decision, recorded, headers)
+        except BaseException:
+            if failure is None:
+                await upstream.aclose()
+            raise
+        if refused is not None:
+            if failure is None:
+                await upstream.aclose()
+            return refused
+        if failure is not None:
             await self.complete(decision, failure)
             return _error(failure.body(), failure.status, headers)
-        self.metrics.upstream_latency.labels(model).observe(time.perf_counter() - sent)
-        if decision.stream and upstream.status_code == 200:
+        if decision.stream and upstream.status == 200:
             return self.stream(decision, upstream, headers, release)
         try:
-            content = await upstream.aread()
-        except httpx.HTTPError as exc:
+            content = await upstream.read()
+        except UpstreamError as exc:
             failure = upstream_failure(exc, model)
             await self.complete(decision, failure)
             return _error(failure.body(), failure.status, headers)
         finally:
             await upstream.aclose()
-        return await self.release_whole(decision, upstream.status_code, content, headers)
+        return await self.release_whole(decision, upstream.status, content, headers)
 
     async def release_whole(
         self, decision: GatewayDecision, status: int, content: bytes, headers: dict[str, str]
@@ -396,7 +434,7 @@ class _Gateway:
     def stream(
         self,
         decision: GatewayDecision,
-        upstream: httpx.Response,
+        upstream: UpstreamResponse,
         headers: dict[str, str],
         release: Any,
     ) -> ScreenedStream:
@@ -495,20 +533,17 @@ class _Gateway:
             failure = Failure(502, "upstream_unavailable", f"no model server for {model!r}")
             return failure.status, json.dumps(failure.body()).encode(), failure
         try:
-            answer = await self.upstreams.client(model).post(
-                endpoint.path, content=body, headers=_JSON
-            )
-        except httpx.HTTPError as exc:
+            answer = await self.upstreams.get(model).request("POST", endpoint.path, body)
+            content = await answer.read()
+        except UpstreamError as exc:
             failure = upstream_failure(exc, model)
             return failure.status, json.dumps(failure.body()).encode(), failure
-        if answer.status_code >= 500:
-            failure = Failure(
-                502, "upstream_error", f"the model server failed ({answer.status_code})"
-            )
+        if answer.status >= 500:
+            failure = Failure(502, "upstream_error", f"the model server failed ({answer.status})")
             return failure.status, json.dumps(failure.body()).encode(), failure
-        if answer.status_code == 200:
+        if answer.status == 200:
             try:
-                violation = screen_whole(self.pipeline.screen, endpoint, answer.json())
+                violation = screen_whole(self.pipeline.screen, endpoint, json.loads(content))
             except ValueError:
                 failure = Failure(502, "upstream_error", "the model server sent a malformed answer")
                 return failure.status, json.dumps(failure.body()).encode(), failure
@@ -516,7 +551,7 @@ class _Gateway:
                 denial = violation.denial()
                 self.metrics.violations.labels(denial.use or "-", "output").inc()
                 return denial.status, json.dumps(denial.body()).encode(), denial
-        return answer.status_code, answer.content, None
+        return answer.status, content, None
 
     def approved_completion(
         self, approval: Approval, approver: Principal, status: int, content: bytes, outcome: Outcome
@@ -690,12 +725,12 @@ def create_app(
     audit_log: AuditSink,
     settings: GatewaySettings | None = None,
     metrics: GatewayMetrics | None = None,
-    transports: Mapping[str, httpx.AsyncBaseTransport] | None = None,
+    overrides: Mapping[str, Upstream] | None = None,
 ) -> Starlette:
     """The gateway app over ``pipeline``, forwarding model ``name`` to ``upstreams[name]``.
 
-    The audit log is the caller's (open it before, close it after). ``transports`` replaces
-    the network transport of some upstreams (tests mount an app with ``httpx.ASGITransport``).
+    The audit log is the caller's (open it before, close it after). ``overrides`` replaces the
+    HTTP connection pool of some upstreams (tests mount a model server app in-process).
     With ``settings.background`` the app's lifespan loads the API tokens and keeps them fresh,
     and runs the lease watchdog; it always closes the upstream connections on shutdown.
     """
@@ -705,7 +740,7 @@ def create_app(
         timeout=settings.request_timeout,
         connect_timeout=settings.connect_timeout,
         max_connections=settings.max_connections,
-        transports=transports,
+        overrides=overrides,
     )
     gateway = _Gateway(pipeline, pool, audit_log, settings, metrics or GatewayMetrics())
 

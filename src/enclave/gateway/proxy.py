@@ -1,8 +1,8 @@
 """Forwarding to the model servers: pooled clients, failures, and screened streaming.
 
-:class:`Upstreams` keeps one pooled :class:`httpx.AsyncClient` per model server. A failure to
-reach one becomes a :class:`Failure` (``502 upstream_unavailable``, ``504 upstream_timeout``),
-never an httpx exception.
+:class:`Upstreams` keeps one :class:`~enclave.gateway.upstream.Http1Pool` per model server. A
+failure to reach one becomes a :class:`Failure` (``502 upstream_unavailable``, ``504
+upstream_timeout``).
 
 :class:`ScreenedStream` relays a model server's server-sent events to the client through the
 output screen: each event's text is fed to the screen and only what the screen released is
@@ -19,32 +19,25 @@ import json
 import logging
 import math
 from dataclasses import dataclass, field
-from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import httpx
 from starlette.responses import Response
 
 from enclave.errors import InputError
 from enclave.gateway.denial import Denial
 from enclave.gateway.request import Endpoint
 from enclave.gateway.screen import Violation
+from enclave.gateway.upstream import Http1Pool, UpstreamError, UpstreamTimeoutError
 
 if TYPE_CHECKING:
-    from collections.abc import (
-        AsyncIterator,
-        Awaitable,
-        Callable,
-        Iterator,
-        Mapping,
-        Sequence,
-    )
+    from collections.abc import Awaitable, Callable, Iterator, Mapping
 
     from starlette.types import Receive, Scope, Send
 
     from enclave.gateway.screen import OutputScreen, Screen
     from enclave.gateway.state import StreamGuard
+    from enclave.gateway.upstream import Upstream, UpstreamResponse
 
 log = logging.getLogger(__name__)
 
@@ -91,96 +84,15 @@ Outcome = Denial | Failure | None
 """How a forwarded request ended: None when the output was released in full."""
 
 
-def upstream_failure(exc: httpx.HTTPError, model: str) -> Failure:
-    """The failure an httpx error stands for (no exception text: it may hold a URL)."""
-    if isinstance(exc, httpx.TimeoutException):
+def upstream_failure(exc: UpstreamError, model: str) -> Failure:
+    """The failure an upstream error stands for."""
+    if isinstance(exc, UpstreamTimeoutError):
         return Failure(504, "upstream_timeout", f"the model server for {model!r} timed out")
-    return Failure(
-        502,
-        "upstream_unavailable",
-        f"the model server for {model!r} is unavailable ({type(exc).__name__})",
-    )
-
-
-class _CountedStream(httpx.AsyncByteStream):
-    """A response body that tells its shard when it is closed (once)."""
-
-    def __init__(self, stream: httpx.AsyncByteStream, done: Callable[[], None]) -> None:
-        self._stream = stream
-        self._done: Callable[[], None] | None = done
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self._stream:
-            yield chunk
-
-    async def aclose(self) -> None:
-        try:
-            await self._stream.aclose()
-        finally:
-            done, self._done = self._done, None
-            if done is not None:
-                done()
-
-
-class ShardedTransport(httpx.AsyncBaseTransport):
-    """Several small connection pools to one model server, each request to the least busy.
-
-    httpcore scans every connection of a pool (an idle one with a ``poll`` syscall) each time
-    a request enters or leaves it, so one pool of ``n`` connections costs O(n) per request.
-    Shards of a few connections each hold as many connections in all but scan only their own;
-    a request waits for a connection only when its shard, the least busy, is full. A shard
-    stays busy until the response is closed (read whole, or the stream ended).
-    """
-
-    def __init__(self, shards: Sequence[httpx.AsyncBaseTransport]) -> None:
-        if not shards:
-            raise ValueError("a sharded transport needs at least one shard")
-        self._shards = list(shards)
-        self._busy = [0] * len(self._shards)
-
-    @classmethod
-    def pooled(cls, *, max_connections: int, per_shard: int) -> ShardedTransport:
-        """``ceil(max_connections / per_shard)`` pools of ``per_shard`` connections each."""
-        per_shard = max(1, min(per_shard, max_connections))
-        limits = httpx.Limits(max_connections=per_shard, max_keepalive_connections=per_shard)
-        tls = httpx.create_ssl_context(trust_env=False)  # one context: loading CAs is slow
-        return cls(
-            [
-                httpx.AsyncHTTPTransport(verify=tls, limits=limits, trust_env=False)
-                for _ in range(-(-max_connections // per_shard))
-            ]
-        )
-
-    @property
-    def busy(self) -> tuple[int, ...]:
-        """Requests each shard is serving now (open responses included)."""
-        return tuple(self._busy)
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        busy = self._busy
-        index = busy.index(min(busy))
-        busy[index] += 1
-
-        def done() -> None:
-            busy[index] -= 1
-
-        try:
-            response = await self._shards[index].handle_async_request(request)
-        except BaseException:
-            done()
-            raise
-        assert isinstance(response.stream, httpx.AsyncByteStream)  # noqa: S101 - httpx's own
-        response.stream = _CountedStream(response.stream, done)
-        return response
-
-    async def aclose(self) -> None:
-        for shard in self._shards:
-            await shard.aclose()
+    return Failure(502, "upstream_unavailable", f"the model server for {model!r}: {exc}")
 
 
 class Upstreams:
-    """One pooled client per model server, by model name: ``max_connections`` connections in
-    shards of ``connections_per_shard`` (:class:`ShardedTransport`)."""
+    """One pooled connection set per model server, by model name (:class:`Http1Pool`)."""
 
     def __init__(
         self,
@@ -189,49 +101,31 @@ class Upstreams:
         timeout: float,
         connect_timeout: float = 5.0,
         max_connections: int = 32,
-        connections_per_shard: int = 2,
-        transports: Mapping[str, httpx.AsyncBaseTransport] | None = None,
+        overrides: Mapping[str, Upstream] | None = None,
     ) -> None:
-        timeouts = httpx.Timeout(timeout, connect=min(connect_timeout, timeout))
         self.urls = dict(urls)
-        self._clients: dict[str, httpx.AsyncClient] = {}
-        self._urls: dict[tuple[str, str], httpx.URL] = {}
+        self._upstreams: dict[str, Upstream] = {}
         for model, url in self.urls.items():
-            transport = (transports or {}).get(model) or ShardedTransport.pooled(
-                max_connections=max_connections, per_shard=connections_per_shard
-            )
-            self._clients[model] = httpx.AsyncClient(
-                base_url=url.rstrip("/"),
-                timeout=timeouts,
-                transport=transport,
-                trust_env=False,  # never a proxy from the environment: the enclave has no egress
-                follow_redirects=False,
-                # one client serves every principal: a cookie a model server sets must never
-                # ride along on someone else's request, so the jar accepts none
-                cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
+            override = (overrides or {}).get(model)
+            self._upstreams[model] = override or Http1Pool(
+                url,
+                timeout=timeout,
+                connect_timeout=connect_timeout,
+                max_connections=max_connections,
             )
 
     def __contains__(self, model: object) -> bool:
-        return model in self._clients
+        return model in self._upstreams
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._clients)
+        return iter(self._upstreams)
 
-    def client(self, model: str) -> httpx.AsyncClient:
-        return self._clients[model]
-
-    def url(self, model: str, path: str) -> httpx.URL:
-        """The absolute URL of ``path`` on ``model``'s server (parsed once, not per request)."""
-        key = (model, path)
-        url = self._urls.get(key)
-        if url is None:
-            # exactly the URL the client makes of ``path`` (its base URL may have a path)
-            url = self._urls[key] = self._clients[model].build_request("POST", path).url
-        return url
+    def get(self, model: str) -> Upstream:
+        return self._upstreams[model]
 
     async def aclose(self) -> None:
-        for client in self._clients.values():
-            await client.aclose()
+        for upstream in self._upstreams.values():
+            await upstream.aclose()
 
 
 # -- reading outputs ------------------------------------------------------------------------
@@ -303,7 +197,7 @@ class ScreenedStream(Response):
 
     def __init__(
         self,
-        upstream: httpx.Response,
+        upstream: UpstreamResponse,
         *,
         endpoint: Endpoint,
         model: str,
@@ -380,7 +274,7 @@ class ScreenedStream(Response):
     async def _pump(self, send: Send) -> None:
         data: list[str] = []
         try:
-            async for line in self._upstream.aiter_lines():
+            async for line in self._upstream.lines():
                 if line.startswith("data:"):
                     data.append(line[5:].removeprefix(" "))
                     continue
@@ -396,7 +290,7 @@ class ScreenedStream(Response):
             early = Failure(502, "upstream_unavailable", "the model server ended the stream early")
             for chunk in self._cut(early):
                 await self._send(send, chunk)
-        except httpx.HTTPError as exc:
+        except UpstreamError as exc:
             failure = upstream_failure(exc, self._model)
             for chunk in self._cut(failure):
                 await self._send(send, chunk)
