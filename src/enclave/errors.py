@@ -11,6 +11,7 @@ catch a third-party type. Each class carries the process exit code the CLI uses 
     ├── NotFoundError       4  a named object does not exist
     ├── ServiceError        5  a service enclave depends on is unavailable or failed
     │   ├── DockerError     5  the Docker engine
+    │   ├── FirewallError   5  the host firewall (iptables)
     │   └── VaultError      5  Vault / OpenBao
     │       ├── VaultSealedError       Vault is sealed or not initialised
     │       ├── VaultUnavailableError  Vault cannot be reached (refused, timeout, TLS)
@@ -123,6 +124,10 @@ class ServiceError(EnclaveError):
 
 class DockerError(ServiceError):
     """The Docker engine is unreachable or refused an operation."""
+
+
+class FirewallError(ServiceError):
+    """The host firewall (iptables) is missing, refused, or failed."""
 
 
 class VaultError(ServiceError):
