@@ -34,6 +34,10 @@ class HttpxResponse:
     def status(self) -> int:
         return self._response.status_code
 
+    @property
+    def headers(self) -> dict[str, str]:
+        return dict(self._response.headers)
+
     async def read(self) -> bytes:
         try:
             return await self._response.aread()

@@ -22,6 +22,7 @@ from enclave.cli import schema as schema_cmd
 from enclave.cli import validate as validate_cmd
 from enclave.cli.audit import app as audit_app
 from enclave.cli.context import CONTEXT, default_state_dir
+from enclave.cli.images import app as images_app
 from enclave.cli.incident import app as incident_app
 from enclave.cli.logs import LogFormat, LogLevel, configure
 from enclave.cli.runtime import app as runtime_app
@@ -56,6 +57,7 @@ app.add_typer(vault_app, name="vault")
 app.add_typer(token_app, name="token")
 app.add_typer(runtime_app, name="runtime")
 app.add_typer(gateway_cmd.app, name="gateway")
+app.add_typer(images_app, name="images")
 app.add_typer(gateway_cmd.approvals_app, name="approvals")
 app.command("approve")(gateway_cmd.approve)
 app.command("deny")(gateway_cmd.deny)
