@@ -49,9 +49,9 @@ from pathlib import Path
 import httpx
 
 from enclave.audit import verify_log
-from enclave.gateway.control import SIGNATURE_HEADER, ControlCommand, ControlKind, sign_control
 from enclave.gateway.upstream import Http1Pool, UpstreamError, UpstreamResponse
 from enclave.runtime.weights import reference_corpus, train, write_weights
+from enclave.shutdown.control import SIGNATURE_HEADER, ControlCommand, ControlKind, sign_control
 from enclave.spec import load_spec
 from enclave.vault.names import EnclavePaths
 from enclave.vault.provision import provision

@@ -39,8 +39,8 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from enclave.errors import EnclaveError, NotFoundError
-from enclave.gateway.control import SIGNATURE_HEADER, ControlCommand, ControlKind, sign_control
 from enclave.runtime.weights import reference_corpus, train, write_weights
+from enclave.shutdown.control import SIGNATURE_HEADER, ControlCommand, ControlKind, sign_control
 from enclave.spec import load_spec
 from enclave.vault.embedded import EmbeddedVault
 from enclave.vault.names import GATEWAY, EnclavePaths

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import secrets
 import socket
 import ssl
@@ -28,7 +29,13 @@ from cryptography import x509
 from enclave.cli.main import main
 from enclave.errors import VaultError, VaultForbiddenError, VaultUnavailableError
 from enclave.vault.client import VaultConnection, anonymous, connect, translate
-from enclave.vault.embedded import EmbeddedVault
+from enclave.vault.embedded import (
+    SERVICE_GID,
+    SERVICE_UID,
+    SOCKET_DIR_MODE,
+    SOCKET_MODE,
+    EmbeddedVault,
+)
 from enclave.vault.policies import ADMIN_POLICY
 
 pytestmark = [pytest.mark.vault, pytest.mark.timeout(90)]
@@ -185,6 +192,99 @@ def _assert_generate_root_closed(vault: EmbeddedVault) -> None:
             client.sys.read_root_generation_progress()
     finally:
         client.adapter.close()
+
+
+# A child that speaks HTTP to the socket in its working directory, with the standard library
+# only (it runs as another user, who cannot read this interpreter's virtualenv). The magic link
+# /proc/self/cwd reaches the directory without the search permission its parents would need,
+# the way a bind mount does inside a container.
+PROBE = """
+import socket
+sock = socket.socket(socket.AF_UNIX)
+try:
+    sock.connect("/proc/self/cwd/bao.sock")
+except OSError as exc:
+    print("refused", exc.errno)
+else:
+    sock.sendall(b"GET /v1/sys/health HTTP/1.0\\r\\nHost: localhost\\r\\n\\r\\n")
+    print(sock.recv(64).split(b"\\r\\n")[0].decode())
+"""
+SYSTEM_PYTHON = Path("/usr/bin/python3")
+
+
+def _probe_as(uid: int, gid: int, directory: Path) -> str:
+    done = subprocess.run(
+        [str(SYSTEM_PYTHON), "-I", "-c", PROBE],
+        cwd=directory,  # entered as root, before the child drops to uid:gid
+        user=uid,
+        group=gid,
+        extra_groups=[],
+        env={"PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    return done.stdout.strip()
+
+
+def test_the_unix_listener_admits_the_service_user_and_no_one_else(
+    started: EmbeddedVault,
+) -> None:
+    assert stat.S_IMODE(started.socket_dir.stat().st_mode) == SOCKET_DIR_MODE == 0o750
+    assert stat.S_IMODE(started.socket_path.stat().st_mode) == SOCKET_MODE == 0o660
+    assert started.socket_path.is_socket()
+    if os.geteuid() == 0:
+        for path in (started.socket_dir, started.socket_path):
+            assert (path.stat().st_uid, path.stat().st_gid) == (0, SERVICE_GID)
+    config = started.config.read_text()
+    assert 'socket_group = "10001"' in config
+    assert "disable_unauthed_generate_root_endpoints = true" in config.partition('"unix"')[2]
+
+    health = anonymous(started.socket_connection())
+    try:
+        with translate("health over the socket"):
+            assert health.sys.read_health_status(method="GET")["sealed"] is False
+    finally:
+        health.adapter.close()
+
+    if os.geteuid() != 0 or not SYSTEM_PYTHON.is_file():
+        pytest.skip("trying other users needs root and /usr/bin/python3")
+    assert _probe_as(SERVICE_UID, SERVICE_GID, started.socket_dir) == "HTTP/1.0 200 OK"
+    assert _probe_as(SERVICE_UID + 1, SERVICE_GID + 1, started.socket_dir) == "refused 13"
+    # the group is the boundary: any member gets in (on the host, gid 10001 must be kept for
+    # enclave's service containers)
+    assert _probe_as(SERVICE_UID + 1, SERVICE_GID, started.socket_dir) == "HTTP/1.0 200 OK"
+
+
+def test_a_config_from_an_earlier_version_gets_the_unix_listener(started: EmbeddedVault) -> None:
+    before = started.start()
+    ours = started.config.read_text()
+    head, _, rest = ours.partition('listener "unix" {')
+    _, _, tail = rest.partition("}\n")
+    started.config.write_text(head + tail.lstrip("\n"))  # what an earlier version wrote
+    started.socket_path.unlink()  # and it never had a socket
+    after = started.start()
+    assert after.pid != before.pid
+    assert started.config.read_text() == ours
+    assert started.socket_path.is_socket()
+
+
+def test_a_lost_socket_is_recreated_by_a_restart(started: EmbeddedVault) -> None:
+    before = started.start()
+    started.socket_path.unlink()
+    after = started.start()
+    assert after.pid != before.pid
+    assert started.socket_path.is_socket()
+    again = started.start()
+    assert again.pid == after.pid
+
+
+def test_a_socket_path_too_long_for_linux_is_a_clear_error(tmp_path: Path) -> None:
+    vault = EmbeddedVault(tmp_path / ("d" * 120))
+    with pytest.raises(VaultError, match="longer than 107 bytes"):
+        vault.start()
+    assert not vault.state_file.exists() or vault.status().pid is None
 
 
 def test_the_initial_root_token_is_revoked(started: EmbeddedVault) -> None:
@@ -356,6 +456,7 @@ def test_cli_start_status_stop(tmp_path: Path, capsys: pytest.CaptureFixture[str
         assert data["running"] is True
         assert data["sealed"] is False
         assert data["address"] == vault.connection().address
+        assert data["socket"] == str(vault.socket_path)
         assert data["enclaves"] == {
             "demo": {
                 "policies": ["enclave-demo-gateway"],
@@ -367,6 +468,7 @@ def test_cli_start_status_stop(tmp_path: Path, capsys: pytest.CaptureFixture[str
         assert main([*base, "status"]) == 0
         out = capsys.readouterr().out
         assert "sealed:         no" in out
+        assert f"socket:         {vault.socket_path}" in out
         assert "enclave demo:" in out
 
         assert main([*base, "start"]) == 0  # idempotent, and no warning the second time

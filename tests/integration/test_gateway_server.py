@@ -19,7 +19,7 @@ import pytest
 
 from enclave.audit import verify_log
 from enclave.audit.reader import iter_records
-from enclave.gateway.control import SIGNATURE_HEADER, ControlCommand, ControlKind, sign_control
+from enclave.shutdown.control import SIGNATURE_HEADER, ControlCommand, ControlKind, sign_control
 from support.gateway_procs import (
     Enclave,
     Process,

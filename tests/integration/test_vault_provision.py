@@ -38,9 +38,11 @@ from enclave.errors import (
 )
 from enclave.spec import LoadedSpec, load_spec
 from enclave.vault.client import VaultConnection, anonymous, connect, login_approle, translate
+from enclave.vault.controlkey import CONTROL_KEY_FIELD, read_control_key
 from enclave.vault.names import (
     API_TOKEN_KEY,
     AUDIT_SIGNER_KEY,
+    CONTROL_KEY,
     CONTROLLER,
     GATEWAY,
     EnclavePaths,
@@ -50,6 +52,7 @@ from enclave.vault.policies import ADMIN_POLICY, Rule, admin_rules, render
 from enclave.vault.provision import (
     API_TOKEN_KEY_FIELD,
     MAX_WRAP_TTL,
+    TOKEN_PERIOD,
     BootstrapMaterial,
     bootstrap,
     components,
@@ -252,6 +255,8 @@ def test_provisioning_creates_exactly_the_enclaves_objects(
     assert {auths[f"{m}/"]["type"] for m in (paths.workload_auth, paths.control_auth)} == {
         "approle"
     }
+    for mount in (paths.workload_auth, paths.control_auth):  # caps every token's period
+        assert 0 < root.sys.read_auth_method_tuning(mount)["data"]["max_lease_ttl"] <= 3600
 
     key = root.secrets.transit.read_key(name=AUDIT_SIGNER_KEY, mount_point=paths.transit)["data"]
     assert key["type"] == "ed25519"
@@ -262,6 +267,11 @@ def test_provisioning_creates_exactly_the_enclaves_objects(
         path=API_TOKEN_KEY, mount_point=paths.kv, raise_on_deleted_version=True
     )["data"]["data"]
     assert len(base64.b64decode(secret[API_TOKEN_KEY_FIELD], validate=True)) == 32
+    control = root.secrets.kv.v2.read_secret_version(
+        path=CONTROL_KEY, mount_point=paths.kv, raise_on_deleted_version=True
+    )["data"]["data"]
+    assert len(base64.b64decode(control[CONTROL_KEY_FIELD], validate=True)) == 32
+    assert control[CONTROL_KEY_FIELD] != secret[API_TOKEN_KEY_FIELD]
 
     for component in (GATEWAY, MODEL, CONTROLLER):
         role = root.auth.approle.read_role(
@@ -270,8 +280,11 @@ def test_provisioning_creates_exactly_the_enclaves_objects(
         assert role["token_policies"] == [paths.policy(component)]
         assert role["token_no_default_policy"] is True
         assert role["token_type"] == "service"
+        # periodic: renewed by its holder, each renewal for one period, never over an hour
+        assert role["token_period"] == TOKEN_PERIOD
+        assert 0 < role["token_period"] <= 3600
         assert 0 < role["token_ttl"] <= 3600
-        assert 0 < role["token_max_ttl"] <= 3600
+        assert role["token_explicit_max_ttl"] == 0
         assert role["bind_secret_id"] is True
         assert role["secret_id_num_uses"] == 1
         assert 0 < role["secret_id_ttl"] <= 15 * 60
@@ -317,6 +330,9 @@ def test_provisioning_twice_changes_nothing(enclaves: Enclaves, openbao_client: 
             "key": root.secrets.kv.v2.read_secret_version(
                 path=API_TOKEN_KEY, mount_point=paths.kv, raise_on_deleted_version=True
             )["data"],
+            "control": root.secrets.kv.v2.read_secret_version(
+                path=CONTROL_KEY, mount_point=paths.kv, raise_on_deleted_version=True
+            )["data"],
             "policies": {
                 c: root.sys.read_acl_policy(paths.policy(c))["data"]["policy"]
                 for c in first.components
@@ -335,6 +351,42 @@ def test_provisioning_twice_changes_nothing(enclaves: Enclaves, openbao_client: 
     assert (second.created, second.updated, second.changed) == ((), (), False)
     assert snapshot() == before
     assert before["key"]["metadata"]["version"] == 1  # the HMAC key is never rewritten
+    assert before["control"]["metadata"]["version"] == 1  # nor the control key
+
+
+def test_an_enclave_provisioned_by_an_earlier_version_is_brought_up_to_date(
+    enclaves: Enclaves, openbao_client: Any
+) -> None:
+    """No control key, roles issuing 15 min / 1 h tokens: a re-provision adds and updates,
+    and leaves the API-token key alone."""
+    loaded = enclaves.provision()
+    paths = EnclavePaths(loaded.name)
+    kv = openbao_client.secrets.kv.v2
+    kv.delete_metadata_and_all_versions(path=CONTROL_KEY, mount_point=paths.kv)
+    for component in (GATEWAY, CONTROLLER):
+        openbao_client.auth.approle.create_or_update_approle(
+            component,
+            mount_point=paths.auth_mount(component),
+            token_period=0,
+            token_ttl=900,
+            token_max_ttl=3600,
+        )
+    api_key = kv.read_secret_version(
+        path=API_TOKEN_KEY, mount_point=paths.kv, raise_on_deleted_version=True
+    )["data"]
+
+    result = provision(enclaves.admin, loaded)
+    assert result.created == (f"secret {paths.kv}/{CONTROL_KEY}",)
+    assert sorted(result.updated) == sorted(
+        f"role {paths.auth_mount(c)}/{c}" for c in (GATEWAY, CONTROLLER)
+    )
+    gateway = enclaves.login(loaded, GATEWAY)
+    assert gateway.auth.token.lookup_self()["data"]["period"] == TOKEN_PERIOD
+    assert len(read_control_key(gateway, paths)) == 32
+    after = kv.read_secret_version(
+        path=API_TOKEN_KEY, mount_point=paths.kv, raise_on_deleted_version=True
+    )["data"]
+    assert after == api_key
 
 
 def test_a_changed_spec_converges_by_updating_only_what_changed(
@@ -418,12 +470,24 @@ def test_each_component_is_refused_everything_outside_its_policy(
             path=API_TOKEN_KEY, secret={"k": "v"}, mount_point=mine.kv
         )
     )
+    forbidden(
+        lambda: kv.read_secret_version(
+            path=CONTROL_KEY, mount_point=theirs.kv, raise_on_deleted_version=True
+        )
+    )
+    forbidden(
+        lambda: kv.create_or_update_secret(
+            path=CONTROL_KEY, secret={"key": "AAAA"}, mount_point=mine.kv
+        )
+    )
     if component != GATEWAY:
         forbidden(
             lambda: kv.read_secret_version(
                 path=API_TOKEN_KEY, mount_point=mine.kv, raise_on_deleted_version=True
             )
         )
+    if component == MODEL:  # only the gateway and the controller hold the control key
+        forbidden(lambda: read_control_key(me, mine))
     if component == MODEL:
         forbidden(
             lambda: transit.sign_data(
@@ -460,8 +524,13 @@ def test_each_component_can_do_its_own_job(enclaves: Enclaves, openbao_client: A
         me = client.auth.token.lookup_self()["data"]
         assert me["policies"] == [paths.policy(component)]  # and not "default"
         assert 0 < me["ttl"] <= 3600
+        assert me["period"] == TOKEN_PERIOD
         assert me["type"] == "service"
-        client.auth.token.renew_self()
+        assert client.auth.token.renew_self()["auth"]["lease_duration"] == TOKEN_PERIOD
+
+    control_key = read_control_key(gateway, paths)
+    assert read_control_key(controller, paths) == control_key
+    assert len(control_key) == 32
 
     key = gateway.secrets.kv.v2.read_secret_version(
         path=API_TOKEN_KEY, mount_point=paths.kv, raise_on_deleted_version=True
@@ -773,11 +842,14 @@ def test_no_secret_reaches_the_audit_log_the_state_dir_or_the_logs(
     hmac_key = gateway.secrets.kv.v2.read_secret_version(
         path=API_TOKEN_KEY, mount_point=paths.kv, raise_on_deleted_version=True
     )["data"]["data"][API_TOKEN_KEY_FIELD]
+    control_key = base64.b64encode(read_control_key(gateway, paths)).decode()
     TransitSigner(gateway, paths.transit, AUDIT_SIGNER_KEY).sign(b"checkpoint")
 
     secret_values = {
         "plaintext": plaintext,
         "hmac key": hmac_key,
+        "control key": control_key,
+        "control key (hex)": read_control_key(gateway, paths).hex(),
         "secret-id": secret_id,
         "model token": str(model.token),
         "gateway token": str(gateway.token),
@@ -914,10 +986,10 @@ def test_vault_sealed_mid_way_says_what_is_left_and_teardown_removes_it(
         real(*args, **kwargs)
 
     monkeypatch.setattr(provision_module, "_ensure_policy", seal_first)
-    with pytest.raises(VaultSealedError, match="rollback incomplete: 6 object"):
+    with pytest.raises(VaultSealedError, match="rollback incomplete: 7 object"):
         provision(client, loaded)
     spare_openbao.unseal()
-    assert leftovers(client, loaded.name)  # mounts, key, HMAC key and auth mounts remain
+    assert leftovers(client, loaded.name)  # mounts, signer, HMAC and control keys, auth mounts
     assert teardown(client, loaded.name).removed == 4
     assert leftovers(client, loaded.name) == {}
 

@@ -6,11 +6,15 @@ API tokens come from a real OpenBao (the harness's): :func:`provisioned_enclave`
 the enclave there, issues one token and tears the enclave down afterwards. :class:`Controller`
 plays the shutdown controller: it signs heartbeats and kills with the gateway's control key,
 and can keep a lease alive from a background thread that it stops and joins.
+:func:`running_controller` starts the real one (``enclave controller run``) instead, and
+:func:`bootstrapped_gateway` a gateway that logs in with its own identity, its bootstrap
+material written to its stdin.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import secrets
 import select
@@ -26,10 +30,10 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from enclave.gateway.control import SIGNATURE_HEADER, ControlCommand, ControlKind, sign_control
+from enclave.shutdown.control import SIGNATURE_HEADER, ControlCommand, ControlKind, sign_control
 from enclave.spec import load_spec
 from enclave.vault.names import EnclavePaths
-from enclave.vault.provision import provision, teardown
+from enclave.vault.provision import BootstrapMaterial, provision, teardown
 from enclave.vault.tokens import issue
 from support import REPO_ROOT
 from support.workspace import make_workspace
@@ -72,20 +76,37 @@ class Process:
         return self.log.read_text(encoding="utf-8")
 
 
-def start(argv: list[str], log: Path, ready: str) -> Process:
-    """Start ``argv``; wait for its ready line (which names the URL it serves on)."""
+def start(argv: list[str], log: Path, ready: str, *, stdin: bytes | None = None) -> Process:
+    """Start ``argv``; wait for its ready line (which names the URL it serves on).
+
+    ``stdin``, if given, is written to the process's stdin, which is then closed.
+    """
+    return launch(argv, log, ready + r" (?P<url>http://127\.0\.0\.1:\d+)", stdin=stdin)
+
+
+def launch(argv: list[str], log: Path, ready: str, *, stdin: bytes | None = None) -> Process:
+    """Start ``argv``; wait for its first stdout line to match ``ready`` (group ``url``, if
+    the pattern has one, is the URL it serves on)."""
     with log.open("w", encoding="utf-8") as err:
         process = subprocess.Popen(  # stopped by Process.stop
-            argv, stdout=subprocess.PIPE, stderr=err, text=True, stdin=subprocess.DEVNULL
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
         )
     running = Process(process, "", log)
     try:
+        if stdin is not None:
+            assert process.stdin is not None
+            process.stdin.write(stdin.decode())
+            process.stdin.close()
         assert process.stdout is not None
         got, _, _ = select.select([process.stdout], [], [], START_TIMEOUT)
         line = process.stdout.readline() if got else ""
-        match = re.fullmatch(ready + r" (http://127\.0\.0\.1:\d+)\n", line)
+        match = re.fullmatch(ready + r"\n", line)
         assert match, f"no ready line (got {line!r}); log: {log.read_text(encoding='utf-8')}"
-        running.url = match.group(1)
+        running.url = match.groupdict().get("url") or ""
     except BaseException:
         running.stop()
         raise
@@ -288,3 +309,81 @@ class Controller:
             assert not self._thread.is_alive()
             self._thread = None
         return self.last_heartbeat
+
+
+def material_json(material: BootstrapMaterial) -> bytes:
+    return json.dumps(material.as_dict()).encode()
+
+
+@contextlib.contextmanager
+def bootstrapped_gateway(
+    tmp_path: Path, enclave: Enclave, runtime: Process, material: BootstrapMaterial
+) -> Iterator[Process]:
+    """``enclave gateway serve --bootstrap -``: the material on stdin, the key from Vault."""
+    argv = [
+        *enclave_argv(),
+        "--log-level",
+        "info",
+        "--state-dir",
+        str(enclave.state),
+        "gateway",
+        "serve",
+        "--spec",
+        str(enclave.spec),
+        "--port",
+        "0",
+        "--upstream",
+        f"assistant={runtime.url}",
+        "--bootstrap",
+        "-",
+    ]
+    gateway = start(
+        argv,
+        tmp_path / "gateway.log",
+        rf"gateway of enclave {enclave.name} serving on",
+        stdin=material_json(material),
+    )
+    try:
+        yield gateway
+    finally:
+        gateway.stop()
+
+
+@contextlib.contextmanager
+def running_controller(
+    tmp_path: Path,
+    enclave: Enclave,
+    gateways: list[str],
+    material: BootstrapMaterial,
+    *,
+    vault_address: str | None = None,
+) -> Iterator[Process]:
+    """``enclave controller run --bootstrap -`` heartbeating ``gateways``; stopped after."""
+    argv = [
+        *enclave_argv(),
+        "--log-level",
+        "info",
+        "--state-dir",
+        str(enclave.state),
+        "controller",
+        "run",
+        "--spec",
+        str(enclave.spec),
+        "--bootstrap",
+        "-",
+    ]
+    for url in gateways:
+        argv += ["--gateway", url]
+    if vault_address is not None:
+        argv += ["--vault-address", vault_address]
+    controller = launch(
+        argv,
+        tmp_path / "controller.log",
+        rf"controller of enclave {enclave.name} heartbeating {len(gateways)} gateway\(s\) "
+        r"every \S+",
+        stdin=material_json(material),
+    )
+    try:
+        yield controller
+    finally:
+        controller.stop()

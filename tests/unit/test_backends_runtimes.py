@@ -7,16 +7,14 @@ from typing import Any
 import pytest
 import typer.main
 
-from enclave.cli.runtime import app as runtime_cli
-from enclave.errors import InputError
-from enclave.runtime import (
-    BUILTIN_WEIGHTS_PATH,
-    REFERENCE_IMAGE,
+from enclave.backends.runtimes import (
+    BuiltinWeights,
     RuntimeContainer,
     WeightsMount,
-    builtin_weights,
     container_config,
 )
+from enclave.cli.runtime import app as runtime_cli
+from enclave.errors import InputError
 from enclave.spec import Model, Runtime
 
 DIGEST = "ab" * 32
@@ -94,19 +92,26 @@ def test_tgi() -> None:
 
 def test_reference_with_its_built_in_weights() -> None:
     spec = Model.model_validate({"name": "assistant"})
-    config = container_config(spec)
-    assert config.image == REFERENCE_IMAGE
+    builtin = BuiltinWeights("/var/lib/enclave/cache/reference-weights.json", DIGEST)
+    config = container_config(spec, reference_image="enclave/runtime:abc", builtin=builtin)
+    assert config.image == "enclave/runtime:abc"
     assert config.entrypoint == ("enclave",)
     assert config.command == (
         "runtime", "serve",
-        "--weights", BUILTIN_WEIGHTS_PATH,
-        "--sha256", builtin_weights().sha256,
+        "--weights", "/weights/reference-weights.json",
+        "--sha256", DIGEST,
         "--host", "0.0.0.0",
         "--port", "8000",
         "--model-name", "assistant",
     )  # fmt: skip
-    assert config.weights is None
+    assert config.weights == WeightsMount(
+        source=builtin.path, target="/weights/reference-weights.json", sha256=DIGEST
+    )
     assert (config.port, config.health_path) == (8000, "/health")
+    with pytest.raises(InputError, match="needs weights"):
+        container_config(spec, reference_image="enclave/runtime:abc")
+    with pytest.raises(InputError, match="no image"):
+        container_config(spec, builtin=builtin)
 
 
 def test_reference_with_weights_from_the_spec() -> None:

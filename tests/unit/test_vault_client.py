@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import hvac.exceptions
 import pytest
@@ -10,6 +11,7 @@ import requests
 
 from enclave.errors import (
     EnclaveError,
+    InputError,
     NotFoundError,
     VaultError,
     VaultForbiddenError,
@@ -17,7 +19,9 @@ from enclave.errors import (
     VaultSealedError,
     VaultUnavailableError,
 )
+from enclave.images import service as service_image
 from enclave.vault.client import VaultConnection, connect, read_with_retry, translate
+from enclave.vault.embedded import SERVICE_GID, SERVICE_UID
 from enclave.vault.names import EnclavePaths
 from enclave.vault.policies import ADMIN_POLICY, admin_rules, component_rules, render
 
@@ -62,6 +66,26 @@ def test_unreachable_vault_is_one_clear_error() -> None:
     connection = VaultConnection(f"http://127.0.0.1:{_closed_port()}", timeout=2)
     with pytest.raises(VaultUnavailableError, match="vault: connect: unreachable"):
         connect(connection, "s.not-a-real-token")
+
+
+def test_a_unix_socket_address_is_absolute(tmp_path: Path) -> None:
+    socket_path = tmp_path / "bao.sock"
+    connection = VaultConnection(f"unix://{socket_path}")
+    assert connection.socket_path == str(socket_path)
+    assert VaultConnection("https://127.0.0.1:8200").socket_path is None
+    with pytest.raises(InputError, match=r"unix:///absolute/path"):
+        VaultConnection("unix://run/bao.sock")
+
+
+def test_a_missing_unix_socket_is_one_clear_error(tmp_path: Path) -> None:
+    connection = VaultConnection(f"unix://{tmp_path / 'nothing.sock'}", timeout=2)
+    with pytest.raises(VaultUnavailableError, match=r"^vault: connect: unreachable$"):
+        connect(connection, "s.not-a-real-token")
+    not_listening = tmp_path / "stale.sock"
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(not_listening))  # a socket file nobody listens on (a crashed server's)
+    with pytest.raises(VaultUnavailableError, match="unreachable"):
+        connect(VaultConnection(f"unix://{not_listening}", timeout=2), "s.token")
 
 
 def test_reads_retry_only_when_unreachable() -> None:
@@ -114,3 +138,7 @@ def test_the_orchestrator_cannot_rewrite_its_own_policy() -> None:
     assert not [rule for rule in writable if matches(rule, f"sys/policies/acl/{ADMIN_POLICY}")]
     assert [rule for rule in writable if matches(rule, "sys/policies/acl/enclave-demo-gateway")]
     assert not [rule for rule in writable if matches(rule, "sys/policies/acl/root-ish")]
+
+
+def test_the_vault_socket_is_shared_with_the_service_images_user() -> None:
+    assert (SERVICE_UID, SERVICE_GID) == (service_image.USER_ID, service_image.GROUP_ID)

@@ -28,7 +28,11 @@ the last value given).
 The weights mount's ``source`` is the spec's ``weights.path`` as written (relative to the spec
 file); the backend resolves it, checks ``sha256`` before starting anything, and mounts it
 read-only at ``target``. A file is mounted at ``/weights/<file name>``, a directory at
-``/weights``.
+``/weights``. A ``reference`` model without weights in the spec serves the reference model
+trained from the corpus enclave ships: the caller writes that file on the host and passes it as
+``builtin`` (the backends sit below the runtime and never train a model), and it is mounted
+like any other. Its image, when the spec names none, is the one enclave builds
+(``reference_image``, see :mod:`enclave.images.service`).
 """
 
 from __future__ import annotations
@@ -37,9 +41,7 @@ import posixpath
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from enclave._version import __version__
 from enclave.errors import InputError
-from enclave.runtime.weights import builtin_weights
 from enclave.spec.model import Runtime
 
 if TYPE_CHECKING:
@@ -48,20 +50,11 @@ if TYPE_CHECKING:
     from enclave.spec.model import Model
 
 __all__ = [
-    "BUILTIN_WEIGHTS_PATH",
-    "REFERENCE_IMAGE",
+    "BuiltinWeights",
     "RuntimeContainer",
     "WeightsMount",
-    "builtin_weights_sha256",
     "container_config",
 ]
-
-REFERENCE_IMAGE = f"enclave/reference-model:{__version__}"
-"""The image of the ``reference`` runtime when the spec names none."""
-
-BUILTIN_WEIGHTS_PATH = "/opt/enclave/reference-weights.json"
-"""Where the reference image holds the weights it was built with
-(``enclave runtime train --output`` this path when building the image)."""
 
 HEALTH_PATH = "/health"
 _OFFLINE_HF = {
@@ -113,18 +106,29 @@ class RuntimeContainer:
         return "/v1"
 
 
-def builtin_weights_sha256() -> str:
-    """Digest of the weights baked into the reference image (trained from the shipped corpus)."""
-    return builtin_weights().sha256
+@dataclass(frozen=True, slots=True)
+class BuiltinWeights:
+    """The reference model's own weights, written on the host by the caller."""
+
+    path: str
+    """Absolute host path of the weights file."""
+    sha256: str
 
 
-def container_config(model: Model, *, weights_mount: str = "/weights") -> RuntimeContainer:
+def container_config(
+    model: Model,
+    *,
+    weights_mount: str = "/weights",
+    reference_image: str | None = None,
+    builtin: BuiltinWeights | None = None,
+) -> RuntimeContainer:
     """The container that runs ``model`` (one ``spec.models[]`` entry)."""
     if not posixpath.isabs(weights_mount) or posixpath.normpath(weights_mount) == "/":
         raise InputError(f"weights mount {weights_mount!r} must be an absolute path below /")
     mount_dir = posixpath.normpath(weights_mount)
-    adapter = _ADAPTERS[model.runtime]
-    return adapter(model, mount_dir)
+    if model.runtime is Runtime.REFERENCE:
+        return _reference(model, mount_dir, reference_image, builtin)
+    return _ADAPTERS[model.runtime](model, mount_dir)
 
 
 def _mount(model: Model, mount_dir: str, *, as_file: bool) -> WeightsMount:
@@ -139,12 +143,22 @@ def _mount(model: Model, mount_dir: str, *, as_file: bool) -> WeightsMount:
     return WeightsMount(source=model.weights.path, target=target, sha256=model.weights.sha256)
 
 
-def _reference(model: Model, mount_dir: str) -> RuntimeContainer:
-    if model.weights is None:
-        mount, path, digest = None, BUILTIN_WEIGHTS_PATH, builtin_weights_sha256()
-    else:
+def _reference(
+    model: Model, mount_dir: str, image: str | None, builtin: BuiltinWeights | None
+) -> RuntimeContainer:
+    if model.weights is not None:
         mount = _mount(model, mount_dir, as_file=True)
-        path, digest = mount.target, mount.sha256
+    elif builtin is not None:
+        target = posixpath.join(mount_dir, posixpath.basename(builtin.path))
+        mount = WeightsMount(source=builtin.path, target=target, sha256=builtin.sha256)
+    else:
+        raise InputError(
+            f"model {model.name!r}: the reference runtime needs weights (the spec's, or the "
+            "built-in ones the caller writes)"
+        )
+    if model.image is None and image is None:
+        raise InputError(f"model {model.name!r}: no image for the reference runtime")
+    path, digest = mount.target, mount.sha256
     port = 8000
     command = (
         "runtime",
@@ -164,7 +178,7 @@ def _reference(model: Model, mount_dir: str) -> RuntimeContainer:
     return RuntimeContainer(
         name=model.name,
         runtime=model.runtime,
-        image=model.image or REFERENCE_IMAGE,
+        image=model.image or image or "",
         entrypoint=("enclave",),
         command=command,
         port=port,
@@ -254,7 +268,6 @@ def _external(
 
 
 _ADAPTERS = {
-    Runtime.REFERENCE: _reference,
     Runtime.VLLM: _vllm,
     Runtime.LLAMA_CPP: _llama_cpp,
     Runtime.TGI: _tgi,

@@ -1,10 +1,12 @@
 """``enclave gateway serve``, and the approval commands that talk to a running gateway.
 
 ``enclave gateway serve --spec FILE`` builds the policy pipeline from the spec, loads the API
-tokens from Vault with the gateway's own identity (``--bootstrap FILE``, from ``enclave vault``
-provisioning) or, for local runs, an admin token (``--vault-token-file``), opens the enclave's
-audit log under the state directory and serves until SIGINT/SIGTERM. The gateway serves only
-while the shutdown controller keeps its lease alive (``--control-key-file``).
+tokens from Vault with the gateway's own identity (``--bootstrap FILE``, or ``--bootstrap -``
+to read the material from stdin, as a container gets it; its token is then renewed for as long
+as the gateway runs) or, for local runs, an admin token (``--vault-token-file``), opens the
+enclave's audit log under the state directory and serves until SIGINT/SIGTERM. The gateway
+serves only while the shutdown controller keeps its lease alive; the key the controller signs
+with is read from Vault (``<kv>/control/key``) after login, or from ``--control-key-file``.
 
 ``enclave approve ID``, ``enclave deny ID`` and ``enclave approvals list`` call the gateway's
 approval API with the caller's own API token, read from ``--token-file`` (mode 0600): never an
@@ -18,7 +20,7 @@ import signal
 import socket
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import httpx
 import typer
@@ -27,7 +29,12 @@ import uvicorn
 from enclave.audit import AuditLog, AuditSettings, Ed25519Signer
 from enclave.cli.context import state_dir
 from enclave.cli.secretfile import read_secret_file
-from enclave.cli.vaultconn import EMBEDDED, TokenFileOpt, admin_client_for
+from enclave.cli.vaultconn import (
+    BootstrapOpt,
+    TokenFileOpt,
+    VaultAddressOpt,
+    component_session,
+)
 from enclave.errors import (
     ConflictError,
     EnclaveError,
@@ -40,10 +47,11 @@ from enclave.gateway.auth import vault_token_loader
 from enclave.gateway.pipeline import Pipeline
 from enclave.runtime.server import bind, url_of
 from enclave.spec import load_spec
-from enclave.vault.client import VaultConnection
-from enclave.vault.embedded import EmbeddedVault
-from enclave.vault.names import EnclavePaths
-from enclave.vault.provision import redeem
+from enclave.vault.controlkey import read_control_key as read_vault_control_key
+from enclave.vault.names import GATEWAY, EnclavePaths
+
+if TYPE_CHECKING:
+    from enclave.spec import LoadedSpec
 
 log = logging.getLogger(__name__)
 
@@ -101,17 +109,15 @@ def serve(
     port: Annotated[
         int | None, typer.Option("--port", help="Port (default: spec.gateway.listen; 0: any).")
     ] = None,
-    bootstrap: Annotated[
-        Path | None,
-        typer.Option("--bootstrap", help="The gateway's Vault bootstrap material (0600)."),
-    ] = None,
+    bootstrap: BootstrapOpt = None,
     vault_token_file: TokenFileOpt = None,
+    vault_address: VaultAddressOpt = None,
     control_key_file: Annotated[
         Path | None,
         typer.Option(
             "--control-key-file",
-            help="Hex key (0600) the shutdown controller signs heartbeats with. Without it the "
-            "gateway never gets a lease and denies every request.",
+            help="Hex key (0600) the shutdown controller signs heartbeats with, instead of the "
+            "enclave's control key in Vault.",
         ),
     ] = None,
     max_in_flight: Annotated[
@@ -121,17 +127,28 @@ def serve(
     """Serve the gateway until interrupted; prints its URL once it listens."""
     loaded = load_spec(spec)
     upstreams = _upstreams(upstream, [model.name for model in loaded.spec.models])
-    control_key = read_control_key(control_key_file) if control_key_file else None
-    vault = loaded.spec.vault
-    if bootstrap is not None:
-        if vault.address == EMBEDDED:
-            connection = EmbeddedVault(state_dir()).connection()
-        else:
-            ca = loaded.resolve(vault.ca_bundle) if vault.ca_bundle else None
-            connection = VaultConnection(vault.address, ca)
-        client: Any = redeem(connection, bootstrap)
-    else:
-        client = admin_client_for(loaded, vault_token_file)
+    file_key = read_control_key(control_key_file) if control_key_file else None
+    with component_session(
+        loaded,
+        GATEWAY,
+        bootstrap=bootstrap,
+        token_file=vault_token_file,
+        vault_address=vault_address,
+    ) as session:
+        paths = EnclavePaths(loaded.name)
+        control_key = file_key or read_vault_control_key(session.client, paths)
+        _serve(loaded, session.client, upstreams, control_key, host, port, max_in_flight)
+
+
+def _serve(
+    loaded: LoadedSpec,
+    client: Any,
+    upstreams: dict[str, str],
+    control_key: bytes,
+    host: str | None,
+    port: int | None,
+    max_in_flight: int,
+) -> None:
     pipeline = Pipeline.from_spec(loaded, vault_token_loader(client, EnclavePaths(loaded.name)))
     root = state_dir() / "enclaves" / loaded.name
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -174,9 +191,6 @@ def serve(
             _run_until_signalled(uvicorn.Server(config), sock)
     finally:
         sock.close()
-        adapter = getattr(client, "adapter", None)
-        if adapter is not None:
-            adapter.close()
 
 
 class _SignalledError(BaseException):

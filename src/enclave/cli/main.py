@@ -16,12 +16,14 @@ from typing import Annotated, NoReturn
 import typer
 
 from enclave._version import __version__
+from enclave.cli import enclaves as enclaves_cmd
 from enclave.cli import gateway as gateway_cmd
 from enclave.cli import init as init_cmd
 from enclave.cli import schema as schema_cmd
 from enclave.cli import validate as validate_cmd
 from enclave.cli.audit import app as audit_app
 from enclave.cli.context import CONTEXT, default_state_dir
+from enclave.cli.controller import app as controller_app
 from enclave.cli.images import app as images_app
 from enclave.cli.incident import app as incident_app
 from enclave.cli.logs import LogFormat, LogLevel, configure
@@ -51,12 +53,18 @@ app = typer.Typer(
 app.command("init")(init_cmd.init)
 app.command("validate")(validate_cmd.validate)
 app.command("schema")(schema_cmd.schema)
+app.command("plan")(enclaves_cmd.plan)
+app.command("up")(enclaves_cmd.up)
+app.command("down")(enclaves_cmd.down)
+app.command("status")(enclaves_cmd.status)
+app.command("list")(enclaves_cmd.list_enclaves)
 app.add_typer(audit_app, name="audit")
 app.add_typer(incident_app, name="incident")
 app.add_typer(vault_app, name="vault")
 app.add_typer(token_app, name="token")
 app.add_typer(runtime_app, name="runtime")
 app.add_typer(gateway_cmd.app, name="gateway")
+app.add_typer(controller_app, name="controller")
 app.add_typer(images_app, name="images")
 app.add_typer(gateway_cmd.approvals_app, name="approvals")
 app.command("approve")(gateway_cmd.approve)

@@ -32,6 +32,7 @@ def _print_status(status: EmbeddedStatus) -> None:
     running = f"running (pid {status.pid})" if status.running else "not running"
     console.print(f"embedded vault: {running}", markup=False)
     console.print(f"address:        {status.address or '-'}", markup=False)
+    console.print(f"socket:         {status.socket or '-'}", markup=False)
     console.print(f"ca:             {status.ca_cert}", markup=False)
     if status.running:
         console.print(f"initialized:    {_yes(status.initialized)}", markup=False)

@@ -4,13 +4,20 @@
 from the state directory. Any other address is an external Vault: the admin token is read from a
 file named by ``--vault-token-file`` (owner-only), never from an argument or the environment, so
 it never shows up in ``ps`` or a shell history.
+
+A long-running component (gateway, controller) logs in with its own identity instead:
+:func:`component_session` redeems its bootstrap material (``--bootstrap FILE``, or ``-`` for
+stdin, which is how a backend hands it to a container), and keeps the token renewed. The
+material names where Vault is as the component sees it; ``--vault-address`` overrides that.
 """
 
 from __future__ import annotations
 
 import contextlib
+import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -19,6 +26,8 @@ from enclave.cli.secretfile import read_secret_file
 from enclave.errors import InputError
 from enclave.vault.client import VaultConnection, connect
 from enclave.vault.embedded import EmbeddedVault
+from enclave.vault.provision import BootstrapMaterial, parse_bootstrap, read_bootstrap, redeem
+from enclave.vault.renew import TokenRenewer
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -28,6 +37,8 @@ if TYPE_CHECKING:
     from enclave.spec import LoadedSpec
 
 EMBEDDED = "embedded"
+STDIN = "-"
+MAX_BOOTSTRAP = 64 * 1024
 
 TokenFileOpt = Annotated[
     Path | None,
@@ -74,3 +85,103 @@ def admin_session(loaded: LoadedSpec, token_file: Path | None) -> Iterator[hvac.
         adapter = getattr(client, "adapter", None)
         if adapter is not None:
             adapter.close()
+
+
+BootstrapOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--bootstrap",
+        help="This component's Vault bootstrap material: a file (mode 0600), or - to read it "
+        "from stdin until EOF.",
+        show_default=False,
+    ),
+]
+VaultAddressOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--vault-address",
+        help="Where this process reaches Vault (e.g. unix:///run/enclave/vault/bao.sock), "
+        "instead of the address in the bootstrap material. Only with --bootstrap.",
+        show_default=False,
+    ),
+]
+
+
+def load_material(bootstrap: Path) -> BootstrapMaterial:
+    """Bootstrap material from a file, or from stdin when ``bootstrap`` is ``-``."""
+    if str(bootstrap) != STDIN:
+        return read_bootstrap(bootstrap)
+    body = sys.stdin.buffer.read(MAX_BOOTSTRAP + 1)
+    if len(body) > MAX_BOOTSTRAP:
+        raise InputError("--bootstrap -: more than 64 KiB on stdin; not bootstrap material")
+    if not body.strip():
+        raise InputError("--bootstrap -: nothing on stdin")
+    return parse_bootstrap(body, "--bootstrap -")
+
+
+def component_connection(loaded: LoadedSpec, address: str) -> VaultConnection:
+    """How a component reaches the spec's Vault at ``address``: which CA it trusts there."""
+    connection = VaultConnection(address)  # refuses a malformed unix:// address
+    if connection.socket_path is not None or address.startswith("http://"):
+        return connection
+    vault = loaded.spec.vault
+    if vault.address == EMBEDDED:
+        ca = EmbeddedVault(state_dir()).tls.ca_cert
+        if not ca.is_file():
+            raise InputError(
+                f"vault {address}: the embedded Vault's CA {ca} is not on this host "
+                "(in a container, pass --vault-address unix:///run/enclave/vault/bao.sock)"
+            )
+        return VaultConnection(address, ca)
+    ca_bundle = loaded.resolve(vault.ca_bundle) if vault.ca_bundle else None
+    if ca_bundle is not None and not ca_bundle.is_file():
+        raise InputError(f"spec.vault.caBundle: {ca_bundle}: no such file")
+    return VaultConnection(address, ca_bundle)
+
+
+@dataclass(slots=True)
+class ComponentSession:
+    """A Vault client for a component, and the renewer keeping its token alive (if any)."""
+
+    client: Any
+    renewer: TokenRenewer | None = None
+
+
+@contextlib.contextmanager
+def component_session(
+    loaded: LoadedSpec,
+    component: str,
+    *,
+    bootstrap: Path | None,
+    token_file: Path | None,
+    vault_address: str | None,
+) -> Iterator[ComponentSession]:
+    """Log in as ``component`` (bootstrap material) or, for local runs, with an admin token.
+
+    With material, the token is renewed from a background thread until the block exits; the
+    client's HTTP session is closed afterwards either way.
+    """
+    if bootstrap is None:
+        if vault_address is not None:
+            raise InputError("--vault-address is only used with --bootstrap")
+        with admin_session(loaded, token_file) as admin:
+            yield ComponentSession(admin)
+        return
+    if token_file is not None:
+        raise InputError("give --bootstrap or --vault-token-file, not both")
+    material = load_material(bootstrap)
+    if (material.enclave, material.component) != (loaded.name, component):
+        raise InputError(
+            f"--bootstrap: the material is for {material.enclave}/{material.component}, "
+            f"not {loaded.name}/{component}"
+        )
+    connection = component_connection(loaded, vault_address or material.address)
+    client = redeem(connection, material)
+    try:
+        renewer = TokenRenewer.for_client(connection, client).start()
+        try:
+            yield ComponentSession(client, renewer)
+        finally:
+            renewer.stop()
+    finally:
+        client.adapter.close()

@@ -38,13 +38,7 @@ from enclave.gateway.auth import (
     TokenSnapshot,
     vault_token_loader,
 )
-from enclave.gateway.control import (
-    SIGNATURE_HEADER,
-    ControlChannel,
-    ControlCommand,
-    ControlKind,
-    sign_control,
-)
+from enclave.gateway.control import ControlChannel
 from enclave.gateway.denial import Denial, DenialCode
 from enclave.gateway.pipeline import GatewayDecision, Pipeline, default_screens_path
 from enclave.gateway.policy import Policy, Principal
@@ -61,6 +55,7 @@ from enclave.gateway.screen import (
     Violation,
 )
 from enclave.gateway.state import Mode, ShutdownState, StreamGuard
+from enclave.shutdown.control import SIGNATURE_HEADER, ControlCommand, ControlKind, sign_control
 
 __all__ = [
     "PURPOSE_HEADER",

@@ -44,7 +44,7 @@ from starlette.routing import Route
 from enclave.audit.record import ActorKind, AuditEvent, Decision
 from enclave.errors import AuditError
 from enclave.gateway.approvals import ApprovalStatus, approval_event
-from enclave.gateway.control import SIGNATURE_HEADER, ControlChannel, ControlCommand, ControlKind
+from enclave.gateway.control import ControlChannel
 from enclave.gateway.denial import Denial, DenialCode
 from enclave.gateway.metrics import CONTENT_TYPE_LATEST, GatewayMetrics
 from enclave.gateway.openapi import openapi_document
@@ -59,6 +59,7 @@ from enclave.gateway.proxy import (
 )
 from enclave.gateway.request import Endpoint
 from enclave.gateway.upstream import UpstreamError
+from enclave.shutdown.control import SIGNATURE_HEADER, ControlCommand, ControlKind
 from enclave.spec.model import Action
 
 if TYPE_CHECKING:

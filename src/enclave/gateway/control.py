@@ -1,13 +1,8 @@
 """Authenticated state updates from the shutdown controller: heartbeat, kill, resume.
 
 Only the controller's identity may change the gateway's :class:`~enclave.gateway.state.
-ShutdownState`. It sends a small JSON command, signed with a key it shares with the gateways::
-
-    POST <control endpoint>
-    X-Enclave-Signature: v1=<hex HMAC-SHA256(key, "enclave-control/v1\\n" + body)>
-
-    {"identity":"controller","issued":1767225600123456789,"kind":"heartbeat","lease":3.0,
-     "reason":"","v":1}
+ShutdownState`. It sends a small JSON command signed with the enclave's control key (the wire
+format, and the controller's signing side, live in :mod:`enclave.shutdown.control`).
 
 :class:`ControlChannel` checks, in order: the signature (constant-time), the identity, and
 freshness: ``issued`` (wall-clock nanoseconds) must be later than every command accepted before
@@ -15,23 +10,24 @@ and within ``max_skew`` of the gateway's clock, so that a captured heartbeat can
 to keep a gateway alive after its controller died. A heartbeat's lease counts from when it was
 issued, not when it arrived. A validly signed ``kill`` is obeyed even when stale or replayed:
 stopping is always the safe direction.
-
-:func:`sign_control` is the controller's side of the same format.
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
-import json
 import logging
 import time
-from dataclasses import dataclass
-from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from enclave.errors import InputError
 from enclave.gateway.denial import Denial, DenialCode
+from enclave.shutdown.control import (
+    MAX_BODY,
+    ControlCommand,
+    ControlKind,
+    check_key,
+    parse_command,
+    signature_of,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -39,86 +35,6 @@ if TYPE_CHECKING:
     from enclave.gateway.state import ShutdownState
 
 log = logging.getLogger(__name__)
-
-SIGNATURE_HEADER = "x-enclave-signature"
-VERSION = 1
-MIN_KEY_BYTES = 32
-MAX_BODY = 4096
-_DOMAIN = b"enclave-control/v1\n"
-_PREFIX = "v1="
-_MAX_REASON = 500
-
-
-class ControlKind(StrEnum):
-    HEARTBEAT = "heartbeat"
-    KILL = "kill"
-    RESUME = "resume"
-
-
-@dataclass(frozen=True, slots=True)
-class ControlCommand:
-    """One command from the controller."""
-
-    kind: ControlKind
-    identity: str
-    issued_ns: int
-    lease: float | None = None
-    """Heartbeats: the lease it grants in seconds (the gateway caps it at the spec's lease)."""
-    reason: str = ""
-
-    def encode(self) -> bytes:
-        """The canonical body (sorted keys, compact)."""
-        data: dict[str, Any] = {
-            "v": VERSION,
-            "kind": self.kind.value,
-            "identity": self.identity,
-            "issued": self.issued_ns,
-            "reason": self.reason,
-        }
-        if self.lease is not None:
-            data["lease"] = self.lease
-        return json.dumps(data, sort_keys=True, separators=(",", ":")).encode("utf-8")
-
-
-def _mac(key: bytes, body: bytes) -> str:
-    return hmac.new(key, _DOMAIN + body, hashlib.sha256).hexdigest()
-
-
-def _check_key(key: bytes) -> bytes:
-    if len(key) < MIN_KEY_BYTES:
-        raise InputError(f"control key: need at least {MIN_KEY_BYTES} bytes")
-    return key
-
-
-def sign_control(key: bytes, command: ControlCommand) -> tuple[bytes, str]:
-    """``(body, signature header value)`` for ``command`` (the controller's side)."""
-    body = command.encode()
-    return body, _PREFIX + _mac(_check_key(key), body)
-
-
-def _parse(body: bytes) -> ControlCommand | None:
-    try:
-        data = json.loads(body)
-        kind = ControlKind(data["kind"])
-        identity = data["identity"]
-        issued = data["issued"]
-        lease = data.get("lease")
-        reason = data.get("reason", "")
-    except (ValueError, KeyError, TypeError, RecursionError):
-        return None
-    if (
-        not isinstance(data, dict)
-        or data.get("v") != VERSION
-        or not isinstance(identity, str)
-        or not isinstance(issued, int)
-        or isinstance(issued, bool)
-        or not isinstance(reason, str)
-        or not (lease is None or (isinstance(lease, int | float) and not isinstance(lease, bool)))
-    ):
-        return None
-    return ControlCommand(
-        kind, identity, issued, None if lease is None else float(lease), reason[:_MAX_REASON]
-    )
 
 
 class ControlChannel:
@@ -134,7 +50,7 @@ class ControlChannel:
         wall_clock_ns: Callable[[], int] = time.time_ns,
     ) -> None:
         self._state = state
-        self._key = _check_key(key)
+        self._key = check_key(key)
         self.identity = identity
         self._max_skew_ns = int(max_skew * 1e9)
         self._now_ns = wall_clock_ns
@@ -144,10 +60,10 @@ class ControlChannel:
         """Verify one command and apply it; the command, or why it was refused."""
         if len(body) > MAX_BODY:
             return Denial(DenialCode.REQUEST_TOO_LARGE, "control message too large")
-        expected = _PREFIX + _mac(self._key, body)
+        expected = signature_of(self._key, body)
         if not signature or not hmac.compare_digest(signature.strip(), expected):
             return Denial(DenialCode.INVALID_API_KEY, "control message signature is invalid")
-        command = _parse(body)
+        command = parse_command(body)
         if command is None:
             return Denial(DenialCode.INVALID_REQUEST, "malformed control message")
         if command.identity != self.identity:

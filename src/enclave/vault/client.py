@@ -1,5 +1,9 @@
 """The hvac adapter: connecting, logging in, and translating every hvac/requests error.
 
+A :class:`VaultConnection`'s address is ``https://host:port`` (or ``http://``), or
+``unix:///abs/path/bao.sock`` for a ``listener "unix"`` (plain HTTP over the socket, reached
+through :mod:`enclave.vault.unixhttp`; file permissions guard it, not TLS).
+
 Use :func:`connect` (token) or :func:`login_approle`; wrap any further hvac call in
 ``with translate("what we were doing"):`` so that no ``hvac.exceptions`` or ``requests``
 exception reaches a caller. Retries happen only for idempotent reads (:func:`read_with_retry`);
@@ -19,12 +23,14 @@ import hvac.exceptions
 import requests
 
 from enclave.errors import (
+    InputError,
     VaultError,
     VaultForbiddenError,
     VaultNotFoundError,
     VaultSealedError,
     VaultUnavailableError,
 )
+from enclave.vault.unixhttp import base_url, socket_path_of, unix_session
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -40,6 +46,18 @@ class VaultConnection:
     address: str
     ca_bundle: Path | None = None
     timeout: float = 10.0
+
+    def __post_init__(self) -> None:
+        path = socket_path_of(self.address)
+        if path is not None and not path.startswith("/"):
+            raise InputError(
+                f"vault address {self.address!r}: a unix socket is written unix:///absolute/path"
+            )
+
+    @property
+    def socket_path(self) -> str | None:
+        """The unix socket this connection uses; None for a TCP address."""
+        return socket_path_of(self.address)
 
 
 @contextlib.contextmanager
@@ -76,6 +94,11 @@ def _detail(exc: hvac.exceptions.VaultError) -> str:
 
 
 def _client(connection: VaultConnection, token: str | None) -> hvac.Client:
+    path = connection.socket_path
+    if path is not None:
+        return hvac.Client(
+            url=base_url(path), token=token, timeout=connection.timeout, session=unix_session()
+        )
     verify: bool | str = str(connection.ca_bundle) if connection.ca_bundle else True
     return hvac.Client(
         url=connection.address, token=token, verify=verify, timeout=connection.timeout

@@ -4,7 +4,10 @@
 ``<state_dir>/vault/``::
 
     vault.json                          0600  address, ports (chosen once), pid of our server
-    config.hcl                          0600  raft storage, TLS listener on 127.0.0.1, audit device
+    config.hcl                          0600  raft storage, TLS listener on 127.0.0.1, unix
+                                              listener, audit device
+    run/                                0750  root:10001 (the service images' group)
+    run/bao.sock                        0660  root:10001, the unix listener (plain HTTP)
     tls/ca.pem, tls/server.pem          0644  the CA clients trust, the listener's certificate
     tls/ca.key, tls/server.key          0600
     data/                               0700  raft storage
@@ -21,7 +24,18 @@ initialises it on first use, unseals it with the stored keys whenever it is seal
 sure the admin token works (renewing it; re-issuing it through ``sys/generate-root`` if it was
 lost or expired, which needs one restart with those unauthenticated endpoints opened, since
 OpenBao 2.5.3 keeps them closed). The root token from ``sys/init`` is revoked as soon as the
-admin token exists. A config.hcl that differs from what enclave renders restarts the server.
+admin token exists. A config.hcl that differs from what enclave renders restarts the server
+(so a server whose config an earlier version wrote gets the unix listener on its next start).
+
+The unix listener is how containers reach the embedded Vault: they have no network path to the
+host at all, so a backend bind-mounts the *directory* ``run/`` (never the socket file: a
+restarted server replaces the socket, and a directory mount sees the new one) into a service
+container, whose user (:data:`SERVICE_UID`, group :data:`SERVICE_GID`) may enter the directory and
+connect through the group bits; other host users cannot enter it (so group :data:`SERVICE_GID`
+must have no other members on the host). The socket speaks plain HTTP: file permissions, not
+TLS, guard it, and the unauthenticated root-generation and rekey endpoints are off on it. Run
+by a user who is neither root nor a member of group :data:`SERVICE_GID`, the directory and
+socket stay owner-only (and containers cannot use them). A restart also follows a lost socket.
 """
 
 from __future__ import annotations
@@ -63,6 +77,15 @@ ADMIN_TOKEN_PERIOD = "768h"  # noqa: S105 - a duration, not a secret
 """The admin token is periodic: each use renews it; unused for this long, it expires (and the
 next :meth:`EmbeddedVault.start` re-issues it from the unseal keys)."""
 LOG_TAIL_LINES = 5
+SERVICE_UID = 10001
+"""The user the service images run as (``enclave.images.service.USER_ID`` is the same)."""
+SERVICE_GID = 10001
+"""Its group: the group of the unix socket's directory, so that service containers connect."""
+SOCKET_NAME = "bao.sock"
+SOCKET_MODE = 0o660
+SOCKET_DIR_MODE = 0o750
+MAX_SOCKET_PATH = 107
+"""Longest unix socket path Linux accepts (bytes; ``sun_path`` holds 108 with its NUL)."""
 README_NAME = "INSECURE-SINGLE-HOST-DEFAULT.txt"
 
 README_TEXT = f"""\
@@ -100,12 +123,15 @@ class EmbeddedStatus:
     sealed: bool | None = None
     version: str | None = None
     bootstrapped: bool = False
+    socket: Path | None = None
+    """The unix listener's socket (present while the server runs)."""
 
     def as_dict(self) -> dict[str, object]:
         return {
             "running": self.running,
             "pid": self.pid,
             "address": self.address,
+            "socket": str(self.socket) if self.socket is not None else None,
             "ca_cert": str(self.ca_cert),
             "initialized": self.initialized,
             "sealed": self.sealed,
@@ -186,6 +212,9 @@ class EmbeddedVault:
         self.init_file = self.directory / "init.json"
         self.admin_token_file = self.directory / "admin.token"
         self.readme = self.directory / README_NAME
+        self.socket_dir = self.directory / "run"
+        """The directory of the unix listener's socket: what a backend bind-mounts."""
+        self.socket_path = self.socket_dir / SOCKET_NAME
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -196,6 +225,10 @@ class EmbeddedVault:
             reused = self._our_pid(state)
             if reused is not None and config_changed:
                 log.info("vault: %s changed; restarting the embedded server", self.config)
+                self._terminate(reused)
+                reused = None
+            if reused is not None and not self.socket_path.is_socket():
+                log.info("vault: %s is gone; restarting the embedded server", self.socket_path)
                 self._terminate(reused)
                 reused = None
             try:
@@ -244,6 +277,10 @@ class EmbeddedVault:
             )
         return VaultConnection(address=state.address, ca_bundle=self.tls.ca_cert)
 
+    def socket_connection(self) -> VaultConnection:
+        """How to reach our server through its unix socket (on this host)."""
+        return VaultConnection(address=f"unix://{self.socket_path}")
+
     def admin_client(self) -> Any:
         """An hvac client holding the admin token; starts and unseals the server if needed.
 
@@ -279,6 +316,12 @@ class EmbeddedVault:
         """Directories, TLS, ports and config in place; True if config.hcl had to change."""
         for directory in (self.data_dir, self.audit_log.parent, self.tls.ca_cert.parent):
             _private_dir(directory)
+        if len(os.fsencode(self.socket_path)) > MAX_SOCKET_PATH:
+            raise VaultError(
+                f"vault: the socket path {self.socket_path} is longer than {MAX_SOCKET_PATH} "
+                "bytes, which unix sockets cannot have (use a shorter --state-dir)"
+            )
+        _socket_dir(self.socket_dir, _socket_group())
         before = _read_bytes(self.tls.server_cert)
         ensure_tls(self.tls.ca_cert.parent)
         state = self._load()
@@ -324,6 +367,9 @@ class EmbeddedVault:
         # `recovery` opens the unauthenticated sys/generate-root endpoints (off by default since
         # OpenBao 2.5.3) for the few seconds it takes to re-issue a lost admin token.
         generate_root = "false" if recovery else "true"
+        # OpenBao applies socket_mode only when socket_user and socket_group are set as well.
+        shared = _socket_group()
+        group, mode = (os.getegid(), 0o600) if shared is None else (shared, SOCKET_MODE)
         return f"""\
 # Written by enclave for the embedded single-host default; changes are overwritten.
 ui           = false
@@ -344,6 +390,18 @@ listener "tcp" {{
   tls_min_version = "tls12"
 
   disable_unauthed_generate_root_endpoints = {generate_root}
+}}
+
+listener "unix" {{
+  address      = {q(self.socket_path)}
+  socket_mode  = {q(f"{mode:04o}")}
+  socket_user  = {q(os.geteuid())}
+  socket_group = {q(group)}
+  tls_disable  = true
+
+  # Containers reach this listener: never the unauthenticated root/rekey endpoints here.
+  disable_unauthed_generate_root_endpoints = true
+  disable_unauthed_rekey_endpoints         = true
 }}
 
 audit "file" "file" {{
@@ -722,6 +780,7 @@ audit "file" "file" {{
             address=state.address,
             ca_cert=self.tls.ca_cert,
             bootstrapped=bootstrapped,
+            socket=self.socket_path,
         )
         if pid is None:
             return base
@@ -741,6 +800,7 @@ audit "file" "file" {{
             sealed=bool(health.get("sealed")),
             version=str(health["version"]) if health.get("version") else None,
             bootstrapped=bootstrapped,
+            socket=self.socket_path,
         )
 
 
@@ -856,6 +916,34 @@ def _free_ports(count: int) -> list[int]:
     finally:
         for sock in socks:
             sock.close()
+
+
+def _socket_group() -> int | None:
+    """:data:`SERVICE_GID` if this process may give files to that group (root, or a member)."""
+    if os.geteuid() == 0 or SERVICE_GID in {os.getegid(), *os.getgroups()}:
+        return SERVICE_GID
+    return None
+
+
+def _socket_dir(path: Path, group: int | None) -> None:
+    """Make ``path`` the socket's directory: 0750 with ``group``, or owner-only without one."""
+    path.mkdir(mode=0o700, exist_ok=True)
+    if path.is_symlink() or not path.is_dir():
+        raise VaultError(f"vault: {path} is not a directory")
+    if group is None:
+        log.warning(
+            "vault: not root and not in group %d: %s stays owner-only, so service containers "
+            "cannot reach the embedded Vault through its socket",
+            SERVICE_GID,
+            path,
+        )
+        _private_dir(path)
+        return
+    info = path.stat()
+    if (info.st_uid, info.st_gid) != (os.geteuid(), group):
+        os.chown(path, os.geteuid(), group)
+    if info.st_mode & 0o777 != SOCKET_DIR_MODE:
+        path.chmod(SOCKET_DIR_MODE)
 
 
 def _private_dir(path: Path) -> None:

@@ -4,7 +4,9 @@ teardown and the compliance checks always agree.
 Per enclave ``demo``::
 
     enclave-demo-kv/               KV v2: api-tokens/<id> (keyed hashes), api-token-key,
-                                   models/<model>/... (model servers' own secrets)
+                                   control/key (the shutdown controller's signing key, shared
+                                   with the gateways), models/<model>/... (model servers' own
+                                   secrets)
     enclave-demo-transit/          transit key "audit-signer" (ed25519) for audit checkpoints
     auth/enclave-demo-approle/     AppRole for the workloads: gateway, model-<model>
     auth/enclave-demo-control/     AppRole for the shutdown controller (kept apart, so that
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 AUDIT_SIGNER_KEY = "audit-signer"
 API_TOKENS = "api-tokens"
 API_TOKEN_KEY = "api-token-key"  # noqa: S105 - a KV path, not a secret
+CONTROL_KEY = "control/key"
 GATEWAY = "gateway"
 CONTROLLER = "controller"
 

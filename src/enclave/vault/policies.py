@@ -1,7 +1,8 @@
 """The Vault policies enclave writes, generated from the spec (least privilege, reviewed here).
 
 Workload policies (gateway, model servers) have no ``sudo`` and no path wider than their own
-enclave's subtree; every path is exact or a glob under ``enclave-<name>-kv/data/<area>/``. The
+enclave's subtree; every path is exact or a glob under ``enclave-<name>-kv/data/<area>/``. Only
+the gateway and the controller may read the control key (``<kv>/data/control/key``). The
 shutdown controller holds ``sudo`` on exactly the two lease paths it needs to revoke every
 workload token at once (Vault protects those endpoints with ``sudo``), and on ``sys/seal`` only
 when the spec asks for break-glass sealing.
@@ -19,6 +20,7 @@ from enclave.vault.names import (
     API_TOKEN_KEY,
     API_TOKENS,
     AUDIT_SIGNER_KEY,
+    CONTROL_KEY,
     CONTROLLER,
     GATEWAY,
     EnclavePaths,
@@ -78,6 +80,7 @@ def gateway_rules(paths: EnclavePaths) -> list[Rule]:
         Rule(f"{paths.kv}/data/{API_TOKENS}/*", ("read",)),
         Rule(f"{paths.kv}/metadata/{API_TOKENS}/", ("list",)),
         Rule(f"{paths.kv}/data/{API_TOKEN_KEY}", ("read",)),
+        Rule(f"{paths.kv}/data/{CONTROL_KEY}", ("read",)),
         Rule(f"{paths.transit}/sign/{AUDIT_SIGNER_KEY}", ("update",)),
         Rule(f"{paths.transit}/keys/{AUDIT_SIGNER_KEY}", ("read",)),
         *SELF,
@@ -93,6 +96,7 @@ def controller_rules(paths: EnclavePaths, *, seal: bool) -> list[Rule]:
     rules = [
         Rule(f"sys/leases/lookup/{login}/", ("list", "sudo")),
         Rule(f"sys/leases/revoke-prefix/{login}", ("update", "sudo")),
+        Rule(f"{paths.kv}/data/{CONTROL_KEY}", ("read",)),
         Rule(f"{paths.transit}/sign/{AUDIT_SIGNER_KEY}", ("update",)),
         Rule(f"{paths.transit}/keys/{AUDIT_SIGNER_KEY}", ("read",)),
         *SELF,

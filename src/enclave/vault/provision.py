@@ -3,23 +3,31 @@
 :func:`provision` creates, for enclave ``demo`` (names from
 :class:`~enclave.vault.names.EnclavePaths`)::
 
-    enclave-demo-kv/                 KV v2; api-token-key written once (32 random bytes)
+    enclave-demo-kv/                 KV v2; api-token-key and control/key, each written once
+                                     (32 random bytes, never replaced by a re-provision)
     enclave-demo-transit/            transit; ed25519 key audit-signer (private part never
                                      exportable; its public key is readable for verification)
     auth/enclave-demo-approle/       AppRole roles gateway, model-<model>
     auth/enclave-demo-control/       AppRole role controller
     policies enclave-demo-<component>
 
-Each role carries exactly its component's policy (no ``default`` policy), issues service tokens
-of at most :data:`TOKEN_MAX_TTL` and accepts only single-use secret-ids that expire after
-:data:`SECRET_ID_TTL`. Provisioning is idempotent (a second run changes nothing) and all or
-nothing: whatever a failed run created is removed again before its error is re-raised.
+Each role carries exactly its component's policy (no ``default`` policy), issues *periodic*
+service tokens and accepts only single-use secret-ids that expire after :data:`SECRET_ID_TTL`.
+A periodic token lives :data:`TOKEN_PERIOD` from its login or its last renewal, and as long as
+its holder keeps renewing it (:class:`~enclave.vault.renew.TokenRenewer`): a long-running
+component needs no second secret-id, and a dead one's token is gone within one period. The
+AppRole mounts' ``max_lease_ttl`` (:data:`TOKEN_MAX_TTL`) caps every period, so no component
+token ever holds more than an hour of life. Provisioning is idempotent (a second run changes
+nothing) and all or nothing: whatever a failed run created is removed again before its error is
+re-raised.
 
 :func:`bootstrap` issues what a component needs to log in: its role-id and a *new* single-use
 secret-id that only ever travels response-wrapped (a wrapping token valid at most
-:data:`MAX_WRAP_TTL` seconds). :func:`write_bootstrap` stores it in an owner-only file that a
-backend mounts into the component's container, never an environment variable, argument or image;
-at start-up the component calls :func:`redeem`. :func:`teardown` removes everything again.
+:data:`MAX_WRAP_TTL` seconds). :func:`write_bootstrap` stores it in an owner-only file, or a
+backend writes its JSON to the component's stdin (:func:`parse_bootstrap` reads it back); never
+an environment variable, argument or image. At start-up the component calls :func:`redeem`, and
+then keeps its periodic token alive with :class:`~enclave.vault.renew.TokenRenewer`.
+:func:`teardown` removes everything again.
 """
 
 from __future__ import annotations
@@ -45,10 +53,12 @@ from enclave.errors import (
     VaultNotFoundError,
     VaultSealedError,
 )
-from enclave.vault.client import anonymous, login_approle, translate
+from enclave.vault.client import VaultConnection, anonymous, login_approle, translate
+from enclave.vault.controlkey import CONTROL_KEY_BYTES, CONTROL_KEY_FIELD
 from enclave.vault.names import (
     API_TOKEN_KEY,
     AUDIT_SIGNER_KEY,
+    CONTROL_KEY,
     CONTROLLER,
     GATEWAY,
     EnclavePaths,
@@ -60,14 +70,17 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from enclave.spec import LoadedSpec
-    from enclave.vault.client import VaultConnection
 
 log = logging.getLogger(__name__)
 
-TOKEN_TTL = 15 * 60
-"""Lifetime of a component's token before it must be renewed (seconds)."""
+TOKEN_PERIOD = 15 * 60
+"""A component's token lives this long after its login or last renewal (seconds)."""
+TOKEN_TTL = TOKEN_PERIOD
+"""A component token's first TTL (periodic tokens: the period)."""
 TOKEN_MAX_TTL = 60 * 60
-"""Longest a component's token can live, renewals included (seconds)."""
+"""The AppRole mounts' ``max_lease_ttl``: the longest TTL (and period) any of their tokens can
+hold at once (seconds). A periodic token is renewed again and again, each renewal to at most
+this."""
 SECRET_ID_TTL = 10 * 60
 """How long an unused secret-id stays valid (seconds); each one logs in once."""
 MAX_WRAP_TTL = 60
@@ -174,7 +187,22 @@ def provision(client: Any, loaded: LoadedSpec) -> Provisioned:
         _ensure_mount(client, journal, mounts, paths.kv, "kv", options={"version": "2"})
         _ensure_mount(client, journal, mounts, paths.transit, "transit")
         _ensure_signer_key(client, journal, paths)
-        _ensure_api_token_key(client, journal, paths)
+        _ensure_random_key(
+            client,
+            journal,
+            paths,
+            path=API_TOKEN_KEY,
+            name=API_TOKEN_KEY_FIELD,
+            size=API_TOKEN_KEY_BYTES,
+        )
+        _ensure_random_key(
+            client,
+            journal,
+            paths,
+            path=CONTROL_KEY,
+            name=CONTROL_KEY_FIELD,
+            size=CONTROL_KEY_BYTES,
+        )
         auths = _list(client.sys.list_auth_methods, "list auth methods")
         _ensure_auth(client, journal, auths, paths.workload_auth)
         _ensure_auth(client, journal, auths, paths.control_auth)
@@ -289,24 +317,28 @@ def _ensure_signer_key(client: Any, journal: _Journal, paths: EnclavePaths) -> N
         transit.create_key(name=name, key_type="ed25519", exportable=False, mount_point=mount)
 
 
-def _ensure_api_token_key(client: Any, journal: _Journal, paths: EnclavePaths) -> None:
+def _ensure_random_key(
+    client: Any, journal: _Journal, paths: EnclavePaths, *, path: str, name: str, size: int
+) -> None:
+    """``<kv>/<path>`` = ``{name: base64(size random bytes)}``, written once, never replaced.
+
+    Replacing the API-token key would invalidate every issued API token; replacing the control
+    key would cut running gateways off from their controller.
+    """
     kv, mount = client.secrets.kv.v2, paths.kv
     meta = _read_when_ready(
-        lambda: kv.read_secret_metadata(path=API_TOKEN_KEY, mount_point=mount),
-        f"read {API_TOKEN_KEY} metadata",
+        lambda: kv.read_secret_metadata(path=path, mount_point=mount), f"read {path} metadata"
     )
     if meta is not None:
-        return  # written once; never replaced, or every issued API token would stop working
+        return
     journal.create(
-        f"secret {mount}/{API_TOKEN_KEY}",
-        lambda: kv.delete_metadata_and_all_versions(path=API_TOKEN_KEY, mount_point=mount),
+        f"secret {mount}/{path}",
+        lambda: kv.delete_metadata_and_all_versions(path=path, mount_point=mount),
     )
-    value = base64.b64encode(secrets.token_bytes(API_TOKEN_KEY_BYTES)).decode("ascii")
-    with translate(f"write {API_TOKEN_KEY}"):
+    value = base64.b64encode(secrets.token_bytes(size)).decode("ascii")
+    with translate(f"write {path}"):
         # cas=0: only if it does not exist yet, so a concurrent run cannot replace it either
-        kv.create_or_update_secret(
-            path=API_TOKEN_KEY, secret={API_TOKEN_KEY_FIELD: value}, cas=0, mount_point=mount
-        )
+        kv.create_or_update_secret(path=path, secret={name: value}, cas=0, mount_point=mount)
 
 
 def _ensure_auth(client: Any, journal: _Journal, auths: dict[str, Any], path: str) -> None:
@@ -363,8 +395,10 @@ def _role_settings(paths: EnclavePaths, component: str) -> dict[str, Any]:
         "bind_secret_id": True,
         "secret_id_num_uses": 1,
         "secret_id_ttl": SECRET_ID_TTL,
+        "token_period": TOKEN_PERIOD,
         "token_ttl": TOKEN_TTL,
-        "token_max_ttl": TOKEN_MAX_TTL,
+        "token_max_ttl": 0,  # ignored for periodic tokens; the mount's max_lease_ttl caps them
+        "token_explicit_max_ttl": 0,  # a component renews for as long as it runs
         "token_policies": [paths.policy(component)],
         "token_no_default_policy": True,
         "token_type": "service",
@@ -495,12 +529,17 @@ def bootstrap(
     connection: VaultConnection,
     *,
     wrap_ttl: int = MAX_WRAP_TTL,
+    address: str | None = None,
 ) -> BootstrapMaterial:
     """A new single-use secret-id for ``component``, response-wrapped, with its role-id.
 
-    ``connection.address`` is written into the material as where the component finds Vault.
-    ``wrap_ttl`` (1 to :data:`MAX_WRAP_TTL` seconds) is how long the material can be redeemed.
+    The material names where the component finds Vault *as the component sees it*: ``address``
+    (e.g. ``unix:///run/enclave/vault/bao.sock`` inside a container that has the embedded
+    Vault's socket directory mounted), or by default ``connection.address``. ``wrap_ttl`` (1 to
+    :data:`MAX_WRAP_TTL` seconds) is how long the material can be redeemed.
     """
+    if address is not None:
+        VaultConnection(address)  # a malformed address is refused here, not in the component
     if component not in components(loaded):
         known = ", ".join(components(loaded))
         raise InputError(f"enclave {loaded.name} has no component {component!r} (known: {known})")
@@ -523,7 +562,7 @@ def bootstrap(
     return BootstrapMaterial(
         enclave=loaded.name,
         component=component,
-        address=connection.address,
+        address=connection.address if address is None else address,
         auth_mount=mount,
         role_id=role_id,
         wrapping_token=str(wrap["token"]),
@@ -573,14 +612,22 @@ def write_bootstrap(material: BootstrapMaterial, path: Path) -> Path:
 def read_bootstrap(path: Path) -> BootstrapMaterial:
     """Load material written by :func:`write_bootstrap`."""
     try:
-        data = json.loads(path.read_bytes())
+        body = path.read_bytes()
     except OSError as exc:
         raise InputError(f"{path}: cannot read bootstrap material ({exc.strerror})") from None
+    return parse_bootstrap(body, str(path))
+
+
+def parse_bootstrap(body: bytes, source: str) -> BootstrapMaterial:
+    """Material from its JSON text (a file's, or a component's stdin); ``source`` names it in
+    errors, which never repeat the text."""
+    try:
+        data = json.loads(body)
     except ValueError:
-        raise InputError(f"{path}: bootstrap material is not JSON") from None
+        raise InputError(f"{source}: bootstrap material is not JSON") from None
     if not isinstance(data, dict):
-        raise InputError(f"{path}: not enclave bootstrap material")
-    return BootstrapMaterial.from_dict(data, str(path))
+        raise InputError(f"{source}: not enclave bootstrap material")
+    return BootstrapMaterial.from_dict(data, source)
 
 
 def redeem(connection: VaultConnection, material: BootstrapMaterial | Path) -> Any:
