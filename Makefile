@@ -11,9 +11,10 @@ PYTEST_ARGS ?=
 
 help:
 	@echo "make setup      install host packages, create .venv, start dockerd (idempotent)"
-	@echo "make demo       write the example enclave under .demo/, validate it, start the"
-	@echo "                embedded Vault, provision the enclave's identities and send a"
-	@echo "                permitted, a prohibited and an approved request through the gateway"
+	@echo "make demo       write the example enclave under .demo/, validate it, bring it up on"
+	@echo "                Docker (images built offline, embedded Vault), send a permitted, a"
+	@echo "                prohibited and an approved request through its gateway, show its"
+	@echo "                status and verify its audit log; it keeps running"
 	@echo "make test       run every test tier (unit, integration, e2e) against real services"
 	@echo "make lint       ruff lint + format check + import-linter contracts"
 	@echo "make typecheck  mypy --strict over src, tests and bench"
@@ -37,12 +38,11 @@ DEMO_STATE := .state/demo
 demo: setup
 	$(VENV)/bin/enclave init .demo --force
 	$(VENV)/bin/enclave validate .demo/enclave.yaml
-	$(VENV)/bin/enclave --state-dir $(DEMO_STATE) vault start
-	$(VENV)/bin/enclave --state-dir $(DEMO_STATE) vault provision .demo/enclave.yaml
-	$(VENV)/bin/enclave --state-dir $(DEMO_STATE) vault status
-	$(PY) scripts/demo_requests.py --spec .demo/enclave.yaml --state-dir $(DEMO_STATE)
-	@echo "the demo's embedded Vault keeps running; stop it with:" \
-	     "$(VENV)/bin/enclave --state-dir $(DEMO_STATE) vault stop"
+	$(VENV)/bin/enclave --state-dir $(DEMO_STATE) up .demo/enclave.yaml
+	$(PY) scripts/demo_requests.py --spec .demo/enclave.yaml --state-dir $(DEMO_STATE) --running
+	$(VENV)/bin/enclave --state-dir $(DEMO_STATE) status demo
+	@echo "the demo enclave keeps running; stop it with:" \
+	     "$(VENV)/bin/enclave --state-dir $(DEMO_STATE) down demo"
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)

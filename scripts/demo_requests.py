@@ -1,8 +1,13 @@
 """Send three requests through a real gateway: permitted, prohibited, approval-required.
 
-Run by ``make demo`` after the embedded Vault is started and the enclave provisioned::
+Run by ``make demo`` once ``enclave up`` has brought the enclave up on Docker::
 
-    .venv/bin/python scripts/demo_requests.py --spec .demo/enclave.yaml --state-dir .state/demo
+    .venv/bin/python scripts/demo_requests.py --spec .demo/enclave.yaml --state-dir .state/demo \
+        --running
+
+With ``--running`` it only issues (or reuses) alice's and carol's API tokens, sends the requests
+through the gateway's published port and verifies the gateway container's audit log. Without
+it, the script runs the two servers itself as host processes (the enclave only provisioned):
 
 It writes what it needs under ``<state-dir>/demo-requests/`` (0700): the reference weights
 (reused), alice's and carol's API tokens (0600; reused while Vault still knows them, never
@@ -39,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from enclave.errors import EnclaveError, NotFoundError
+from enclave.lifecycle import audit_dir
 from enclave.runtime.weights import reference_corpus, train, write_weights
 from enclave.shutdown.control import SIGNATURE_HEADER, ControlCommand, ControlKind, sign_control
 from enclave.spec import load_spec
@@ -447,15 +453,59 @@ def run(spec: Path, state: Path) -> int:
     return 0
 
 
+def run_running(spec: Path, state: Path) -> int:
+    """The enclave is up (``enclave up``): send the requests through its published port."""
+    state = state.absolute()
+    loaded = load_spec(spec)
+    work = state / "demo-requests"
+    work.mkdir(mode=0o700, parents=True, exist_ok=True)
+    work.chmod(0o700)
+    admin = EmbeddedVault(state).admin_client()
+    try:
+        alice = api_token(admin, loaded, "alice", work / "alice.token")
+        carol = api_token(admin, loaded, "carol", work / "carol.token")
+    finally:
+        admin.adapter.close()
+    url = f"http://{loaded.spec.gateway.listen}"
+    print(f"gateway of enclave {loaded.name} on {url} (published by its container)")
+    with httpx.Client(base_url=url, timeout=REQUEST_TIMEOUT, trust_env=False) as client:
+        wait_healthy(client)
+        send_requests(
+            client,
+            alice.read_text(encoding="utf-8").strip(),
+            carol.read_text(encoding="utf-8").strip(),
+        )
+    audit = audit_dir(state, loaded.name)
+    verify = subprocess.run(
+        [*enclave_argv(), "--state-dir", str(state), "audit", "verify", str(audit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    print(f"$ enclave audit verify {audit}")
+    print(verify.stdout.rstrip() or verify.stderr.rstrip(), flush=True)
+    if verify.returncode != 0:
+        raise DemoError(f"enclave audit verify exited {verify.returncode}")
+    return 0
+
+
 def main(argv: list[str]) -> int:
     import argparse  # noqa: PLC0415 - only the entry point parses arguments
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0] if __doc__ else None)
     parser.add_argument("--spec", type=Path, required=True, help="The enclave spec.")
     parser.add_argument("--state-dir", type=Path, required=True, help="enclave's state dir.")
+    parser.add_argument(
+        "--running",
+        action="store_true",
+        help="The enclave is up on Docker (enclave up): use its gateway; start nothing.",
+    )
     args = parser.parse_args(argv)
     try:
         with sigterm_unwinds():
+            if args.running:
+                return run_running(args.spec, args.state_dir)
             return run(args.spec, args.state_dir)
     except DemoError as exc:
         print(f"demo failed: {exc}", file=sys.stderr)
