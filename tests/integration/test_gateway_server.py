@@ -89,8 +89,8 @@ def test_gateway_serves_denies_and_audits(
         )
         assert bad.status_code == 403
         assert bad.json()["error"]["code"] == "prohibited_use"
-        metrics = client.get("/metrics").text
-        assert "enclave_gateway_requests_total" in metrics
+        assert client.get("/metrics").status_code == 401  # audit-read only
+        assert client.get("/metrics", headers=headers).status_code == 403
     code = gateway.process.returncode
     assert code == 0, gateway.log.read_text(encoding="utf-8")
     assert enclave.token not in gateway.log.read_text(encoding="utf-8")

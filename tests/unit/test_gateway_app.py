@@ -233,7 +233,9 @@ def test_each_denial_code(env: Env) -> None:
     assert env.upstream_requests == before  # nothing refused was forwarded
     denied = [r for r in env.records() if r.decision == "deny"]
     assert {r.reason for r in denied} >= {"invalid_api_key", "forbidden", "prohibited_use"}
-    metrics = env.client.get("/metrics").text
+    assert env.client.get("/metrics").status_code == 401
+    assert env.client.get("/metrics", headers=bearer(env.token("alice"))).status_code == 403
+    metrics = env.client.get("/metrics", headers=bearer(env.token("erin"))).text
     assert (
         'enclave_gateway_violations_total{scope="prompt",use="domestic-mass-surveillance"} 1.0'
         in metrics
@@ -272,6 +274,12 @@ def test_overload_is_shed_with_retry_after(env: Env) -> None:
         gateway.in_flight = 0
     assert (response.status_code, error_code(response)) == (503, "overloaded")
     assert response.headers["retry-after"] == "1"
+    env.client.portal.call(gateway.record_shed)  # what the lifespan's task does each second
+    shed = [r for r in env.records() if r.action == "gateway.shed"]
+    assert len(shed) == 1 and shed[0].decision == "deny" and shed[0].reason == "overloaded"
+    assert shed[0].details == {"requests": {"chat": 1}, "max_in_flight": 64}
+    env.client.portal.call(gateway.record_shed)  # nothing shed since: no record
+    assert len([r for r in env.records() if r.action == "gateway.shed"]) == 1
 
 
 # --- output screening -----------------------------------------------------------------------

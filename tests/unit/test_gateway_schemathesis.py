@@ -11,7 +11,7 @@ moves) and the rate limit is out of reach, so the gateway serves throughout. Wha
   reason to; a 503 is allowed only for ``enclave_shutdown``/``overloaded``/``audit_unavailable``,
   none of which this arrangement should produce), and every error body is OpenAI's shape;
 - a request without a valid token is never served: it gets ``401 invalid_api_key``, except on
-  the operations documented as open (``/healthz``, ``/metrics``; ``/openapi.json`` is what the
+  the operations documented as open (``/healthz``; ``/openapi.json`` is what the
   schema was loaded from).
 
 One app per operation: the app's lifespan runs on schemathesis's own event-loop thread (loading
@@ -54,7 +54,7 @@ from support.upstream import HttpxUpstream
 from support.workspace import make_workspace
 
 EXAMPLES = 120
-OPEN_PATHS = frozenset({"/healthz", "/metrics", "/openapi.json"})
+OPEN_PATHS = frozenset({"/healthz", "/openapi.json"})
 ALLOWED_503 = frozenset({"enclave_shutdown", "overloaded", "audit_unavailable"})
 PURPOSES = (
     "translation",

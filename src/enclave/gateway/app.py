@@ -107,6 +107,9 @@ class GatewaySettings:
     control_key: bytes | None = field(default=None, repr=False)
     """The key the shutdown controller signs its commands with; None: no ``/control``."""
     control_identity: str = "controller"
+    shed_record_interval: float = 1.0
+    """Seconds between two ``gateway.shed`` audit records (written only when requests were
+    shed)."""
     background: bool = True
     """Run the token-cache refresher and the lease watchdog in the app's lifespan."""
 
@@ -148,6 +151,8 @@ class _Gateway:
         self.settings = settings
         self.metrics = metrics
         self.in_flight = 0
+        self.shed_counts: dict[str, int] = {}
+        """Requests refused ``503 overloaded`` since the last ``gateway.shed`` record."""
         self.audit_error: str | None = None
         self.control = (
             ControlChannel(pipeline.state, settings.control_key, identity=settings.control_identity)
@@ -239,6 +244,7 @@ class _Gateway:
 
     def shed(self, endpoint: Endpoint) -> Response:
         self.metrics.requests.labels(endpoint.value, "shed", "overloaded").inc()
+        self.shed_counts[endpoint.value] = self.shed_counts.get(endpoint.value, 0) + 1
         failure = Failure(
             503,
             "overloaded",
@@ -675,7 +681,39 @@ class _Gateway:
         }
         return JSONResponse(body, 200 if not problems else 503)
 
-    async def metrics_endpoint(self, _request: Request) -> Response:
+    async def record_shed(self) -> None:
+        """One ``gateway.shed`` record for the requests shed since the last one (if any).
+
+        Shed requests are refused before they are read or authenticated, when the gateway has
+        no capacity to spare: they are accounted for in one record per interval, by endpoint,
+        rather than one each.
+        """
+        if not self.shed_counts:
+            return
+        counts, self.shed_counts = self.shed_counts, {}
+        await self.record(
+            AuditEvent(
+                actor=_SYSTEM.name,
+                action="gateway.shed",
+                decision=Decision.DENY,
+                reason="overloaded",
+                details={"requests": counts, "max_in_flight": self.settings.max_in_flight},
+            )
+        )
+
+    async def account_shed(self, interval: float) -> None:
+        """Write :meth:`record_shed` every ``interval`` seconds until cancelled (then once)."""
+        try:
+            while True:
+                await asyncio.sleep(interval)
+                await self.record_shed()
+        finally:
+            await asyncio.shield(self.record_shed())
+
+    async def metrics_endpoint(self, request: Request) -> Response:
+        who = self.pipeline.authorize(request.headers, Action.AUDIT_READ)
+        if isinstance(who, Denial):
+            return _error(who.body(), who.status, who.headers())
         return Response(self.metrics.render(), 200, {"content-type": CONTENT_TYPE_LATEST})
 
     async def openapi(self, _request: Request) -> Response:
@@ -719,6 +757,12 @@ async def _http_error(_request: Request, exc: Exception) -> Response:
     return JSONResponse(body, status)
 
 
+async def _stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 def create_app(
     pipeline: Pipeline,
     *,
@@ -749,16 +793,14 @@ def create_app(
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(pool.aclose)
+            stack.push_async_callback(gateway.record_shed)  # the last interval's, at the end
             if settings.background:
                 await stack.enter_async_context(pipeline.tokens)
-                watchdog = asyncio.create_task(pipeline.state.watch(), name="enclave-lease")
-
-                async def stop_watchdog() -> None:
-                    watchdog.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await watchdog
-
-                stack.push_async_callback(stop_watchdog)
+                for job, name in (
+                    (pipeline.state.watch(), "enclave-lease"),
+                    (gateway.account_shed(settings.shed_record_interval), "enclave-shed"),
+                ):
+                    stack.push_async_callback(_stop, asyncio.create_task(job, name=name))
             yield
 
     def endpoint(kind: Endpoint) -> Any:

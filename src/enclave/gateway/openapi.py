@@ -144,8 +144,13 @@ def openapi_document() -> dict[str, Any]:
             },
             "/metrics": {
                 "get": {
-                    "summary": "Prometheus metrics",
-                    "responses": {"200": {"description": "text exposition"}},
+                    "summary": "Prometheus metrics (a principal whose role grants audit-read)",
+                    "security": [{"bearer": []}],
+                    "responses": {
+                        "200": {"description": "text exposition"},
+                        "401": {"description": "no valid API token"},
+                        "403": {"description": "the principal may not read metrics"},
+                    },
                 }
             },
         },
