@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
-from bench import audit_log, gateway, images, spec_load, vault_provision, vault_revoke
+from bench import (
+    audit_log,
+    enclave_up,
+    gateway,
+    images,
+    spec_load,
+    vault_provision,
+    vault_revoke,
+)
 
 
 def main() -> None:
     for bench in (spec_load, audit_log, vault_provision, vault_revoke, images, gateway):
         bench.main()
         print()
+    # bench.images above already built the base from nothing when asked to: not twice
+    enclave_up.main(base_from_nothing_run=False)
 
 
 if __name__ == "__main__":

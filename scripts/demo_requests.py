@@ -453,6 +453,17 @@ def run(spec: Path, state: Path) -> int:
     return 0
 
 
+def wait_token_known(client: httpx.Client, token: str) -> None:
+    """Until the gateway knows ``token`` (it refreshes its token cache from Vault)."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while (
+        client.get("/v1/approvals", headers={"authorization": f"Bearer {token}"}).status_code == 401
+    ):
+        if time.monotonic() > deadline:
+            raise DemoError(f"the gateway did not learn a new API token in {START_TIMEOUT:.0f} s")
+        time.sleep(0.1)
+
+
 def run_running(spec: Path, state: Path) -> int:
     """The enclave is up (``enclave up``): send the requests through its published port."""
     state = state.absolute()
@@ -470,6 +481,8 @@ def run_running(spec: Path, state: Path) -> int:
     print(f"gateway of enclave {loaded.name} on {url} (published by its container)")
     with httpx.Client(base_url=url, timeout=REQUEST_TIMEOUT, trust_env=False) as client:
         wait_healthy(client)
+        for token in (alice, carol):  # a new token reaches the gateway's cache within ~0.5 s
+            wait_token_known(client, token.read_text(encoding="utf-8").strip())
         send_requests(
             client,
             alice.read_text(encoding="utf-8").strip(),

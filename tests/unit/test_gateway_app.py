@@ -274,11 +274,13 @@ def test_overload_is_shed_with_retry_after(env: Env) -> None:
         gateway.in_flight = 0
     assert (response.status_code, error_code(response)) == (503, "overloaded")
     assert response.headers["retry-after"] == "1"
-    env.client.portal.call(gateway.record_shed)  # what the lifespan's task does each second
+    portal = env.client.portal
+    assert portal is not None
+    portal.call(gateway.record_shed)  # what the lifespan's task does each second
     shed = [r for r in env.records() if r.action == "gateway.shed"]
     assert len(shed) == 1 and shed[0].decision == "deny" and shed[0].reason == "overloaded"
     assert shed[0].details == {"requests": {"chat": 1}, "max_in_flight": 64}
-    env.client.portal.call(gateway.record_shed)  # nothing shed since: no record
+    portal.call(gateway.record_shed)  # nothing shed since: no record
     assert len([r for r in env.records() if r.action == "gateway.shed"]) == 1
 
 
