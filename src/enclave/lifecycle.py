@@ -1,6 +1,8 @@
 """Bringing an enclave up and down on the Docker backend, and reporting on it.
 
-:func:`up` runs, in order, stopping at the first failure and undoing what *this run* did:
+:func:`up` runs, in order, stopping at the first failure and undoing what *this run* did
+(the containers, networks and firewall rules it created, the controller it started, the
+enclave's Vault objects when it provisioned them):
 
 1. check the spec is one this backend can run (Docker, embedded Vault) and every model's
    weights against their ``sha256`` -- before anything is created;
@@ -19,6 +21,7 @@ returned). :func:`status` observes without changing anything.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -38,9 +41,10 @@ from enclave.backends.desired import (
     desired_state,
 )
 from enclave.backends.docker import DockerBackend, http_json
+from enclave.backends.runtimes import BuiltinWeights
 from enclave.errors import EnclaveError, InputError, IntegrityError
 from enclave.images.service import ensure_service_images
-from enclave.plan import Action, Done, execute, plan_down, plan_up
+from enclave.plan import Action, Created, Done, execute, plan_down, plan_up, roll_back
 from enclave.vault.client import VaultConnection
 from enclave.vault.embedded import EmbeddedVault
 from enclave.vault.provision import bootstrap, provision, teardown
@@ -52,7 +56,6 @@ if TYPE_CHECKING:
     from docker import DockerClient
 
     from enclave.backends.base import ContainerSpec, Observed
-    from enclave.backends.runtimes import BuiltinWeights
     from enclave.spec import LoadedSpec
 
 log = logging.getLogger(__name__)
@@ -251,6 +254,8 @@ def up(
         provisioned = timed("provision Vault", lambda: provision(admin, loaded))
         made_in_vault = loaded.name not in inventory_before and provisioned.changed
         controller_started = False
+        backend = DockerBackend(client)
+        created = Created()
         try:
             images = timed(
                 "images",
@@ -264,7 +269,6 @@ def up(
             result.images = dict(images)
             paths = timed("host directories", lambda: prepare_host(loaded, state_dir, vault))
             desired = desired_state(loaded, images=images, paths=paths, builtin=builtin)
-            backend = DockerBackend(client)
             observed = backend.observe(loaded.name)
             actions = plan_up(desired, observed)
 
@@ -275,7 +279,7 @@ def up(
                 "containers",
                 lambda: execute(
                     backend, desired, observed, actions, bootstrap=material,
-                    on_step=lambda action: say(str(action)),
+                    on_step=lambda action: say(str(action)), created=created,
                 ),
             )  # fmt: skip
             gateway = backend.observe(loaded.name).containers[
@@ -293,6 +297,7 @@ def up(
         except BaseException:
             if controller_started:
                 controlproc.stop(state_dir, loaded.name)
+            roll_back(backend, loaded.name, created)  # empty when execute failed (it undid)
             if made_in_vault:
                 _quietly(f"tear {loaded.name} out of Vault", lambda: teardown(admin, loaded.name))
             raise
@@ -409,3 +414,56 @@ def _quietly(what: str, call: Callable[[], object]) -> None:
         call()
     except EnclaveError as exc:
         log.error("rollback: cannot %s: %s", what, exc)  # noqa: TRY400 - one line, no trace
+
+
+def restart_workload(
+    loaded: LoadedSpec,
+    client: DockerClient,
+    state_dir: Path,
+    *,
+    health_timeout: float = 60.0,
+) -> list[Done]:
+    """What a resume does once its quorum is met: fresh credentials, the workload running.
+
+    A kill revoked the gateway's Vault token and stopped the model servers, so the gateway is
+    always replaced (with new single-use bootstrap material) and every container that is not
+    running is replaced; networks and firewall rules are made whole. It reuses the images and
+    the reference weights ``up`` left behind. Returns when every container is healthy; the
+    caller (the controller) then gives the gateway its lease back.
+    """
+    check_supported(loaded)
+    verify_weights(loaded)
+    vault = EmbeddedVault(state_dir)
+    admin = vault.admin_client()
+    try:
+        provision(admin, loaded)  # idempotent: recreates anything a kill's seal-and-restore lost
+        images = ensure_service_images(client, cache_dir=state_dir / "cache")
+        reference = state_dir / "cache" / "reference-weights.json"
+        builtin = (
+            BuiltinWeights(str(reference), weights_digest(reference))
+            if reference.is_file()
+            else None
+        )
+        paths = prepare_host(loaded, state_dir, vault)
+        desired = desired_state(loaded, images=images, paths=paths, builtin=builtin)
+        backend = DockerBackend(client)
+        observed = backend.observe(loaded.name)
+        gateway = container_name(loaded.name, Component.GATEWAY)
+        if gateway in observed.containers:  # its token is revoked: it must be replaced
+            containers = dict(observed.containers)
+            containers[gateway] = dataclasses.replace(containers[gateway], status="revoked")
+            observed = dataclasses.replace(observed, containers=containers)
+
+        def material(container: ContainerSpec) -> bytes:
+            return _gateway_material(admin, loaded, container)
+
+        return execute(
+            backend,
+            desired,
+            observed,
+            plan_up(desired, observed),
+            bootstrap=material,
+            health_timeout=health_timeout,
+        )
+    finally:
+        _close(admin)
