@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Make sure a Docker engine answers. Idempotent: exits 0 at once when `docker info` works.
-# Otherwise, as root with dockerd installed, starts dockerd detached (log in .state/) and waits
-# for it. It never installs anything: `make setup` does that.
+# Otherwise, as root with dockerd installed, starts dockerd detached (log in .state/, its pid in
+# .state/dockerd.pid) and waits for it. The daemon runs with --live-restore (a CIS Docker
+# Benchmark item): containers keep running while it is stopped or restarted. It never installs
+# anything: `make setup` does that.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 state="${root}/.state"
 log="${state}/dockerd.log"
+pid_file="${state}/dockerd.pid"
 wait_s="${ENSURE_DOCKER_WAIT_S:-30}"
 
 fail() {
@@ -28,13 +31,15 @@ chmod 0700 "${state}"
 touch "${log}"
 chmod 0600 "${log}"
 
+rm -f "${pid_file}"
 echo "ensure-docker: starting dockerd (log: ${log})" >&2
-setsid nohup "${dockerd_bin}" >>"${log}" 2>&1 </dev/null &
+setsid nohup "${dockerd_bin}" --live-restore >>"${log}" 2>&1 </dev/null &
 pid=$!
 
 for ((i = 0; i < wait_s * 2; i++)); do
     if docker info >/dev/null 2>&1; then
-        echo "ensure-docker: dockerd is up (pid ${pid})" >&2
+        (umask 077 && echo "${pid}" >"${pid_file}")
+        echo "ensure-docker: dockerd is up (pid ${pid}, recorded in ${pid_file})" >&2
         exit 0
     fi
     if ! kill -0 "${pid}" 2>/dev/null; then

@@ -16,7 +16,9 @@ server that is going away), then model servers, the firewall rules, the networks
 fails it undoes, newest first, what *this run* created (a network, a container, firewall rules
 that were not there before) and raises the original error: a failed ``up`` leaves nothing
 half-built behind. A container replaced because its configuration changed cannot be put back;
-the error says the enclave must be brought up again.
+the error says the enclave must be brought up again. A caller whose own later step fails (the
+gateway never answers) passes a :class:`Created` to :func:`execute` and hands it to
+:func:`roll_back`, which undoes the same objects.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Action", "Done", "Step", "execute", "plan_down", "plan_up"]
+__all__ = ["Action", "Created", "Done", "Step", "execute", "plan_down", "plan_up", "roll_back"]
 
 
 class Step(StrEnum):
@@ -78,10 +80,13 @@ class Done:
 
 
 @dataclass(slots=True)
-class _Undo:
+class Created:
+    """What one :func:`execute` call created (what :func:`roll_back` removes), oldest first."""
+
     networks: list[ObservedNetwork] = field(default_factory=list)
     containers: list[ObservedContainer] = field(default_factory=list)
     isolated: bool = False
+    """True when that call installed the enclave's firewall rules (none were there before)."""
 
 
 def plan_up(desired: Desired, observed: Observed) -> list[Action]:
@@ -149,13 +154,23 @@ def execute(
     on_step: Callable[[Action], None] | None = None,
     on_done: Callable[[Done], None] | None = None,
     health_timeout: float = 60.0,
+    created: Created | None = None,
 ) -> list[Done]:
     """Apply ``actions`` in order; on failure undo what this run created, then re-raise.
 
     ``bootstrap(container)`` gives the Vault bootstrap material a container reads on its
     stdin (called just before it starts, so a wrapped secret-id lives only seconds).
+    ``created``, when given, records what this call creates, for :func:`roll_back` should a
+    later step of the caller fail (it is empty again after a failed call, which undid it).
     """
-    run = _Run(backend, desired, observed, bootstrap, health_timeout)
+    run = _Run(
+        backend,
+        desired,
+        observed,
+        bootstrap,
+        health_timeout,
+        undo=created if created is not None else Created(),
+    )
     done: list[Done] = []
     for action in actions:
         if on_step is not None:
@@ -164,7 +179,7 @@ def execute(
         try:
             run.apply(action)
         except BaseException:
-            _roll_back(backend, run.enclave, run.undo)
+            roll_back(backend, run.enclave, run.undo)
             if any(d.action.step is Step.REPLACE for d in done):
                 log.warning("%s: containers were replaced before the failure", run.enclave)
             raise
@@ -185,13 +200,15 @@ class _Run:
         observed: Observed,
         bootstrap: Callable[[ContainerSpec], bytes | None] | None,
         health_timeout: float,
+        *,
+        undo: Created,
     ) -> None:
         self.backend = backend
         self.desired = desired
         self.enclave = desired.enclave if desired is not None else observed.enclave
         self.networks = dict(observed.networks)
         self.containers = dict(observed.containers)
-        self.undo = _Undo()
+        self.undo = undo
         self.bootstrap = bootstrap
         self.health_timeout = health_timeout
 
@@ -233,14 +250,20 @@ class _Run:
             backend.remove_network(self.networks.pop(target))
 
 
-def _roll_back(backend: Backend, enclave: str, undo: _Undo) -> None:
-    """Remove what this run created, newest first; report but survive failures to remove."""
-    for container in reversed(undo.containers):
+def roll_back(backend: Backend, enclave: str, created: Created) -> None:
+    """Remove what a run created, newest first; report but survive failures to remove.
+
+    ``created`` is emptied: a second call removes nothing.
+    """
+    for container in reversed(created.containers):
         _quietly(f"remove container {container.name}", backend.remove_container, container)
-    if undo.isolated:
+    if created.isolated:
         _quietly("remove firewall rules", backend.unisolate, enclave)
-    for network in reversed(undo.networks):
+    for network in reversed(created.networks):
         _quietly(f"remove network {network.name}", backend.remove_network, network)
+    created.containers.clear()
+    created.networks.clear()
+    created.isolated = False
 
 
 def _quietly(what: str, call: Callable[..., object], *args: object) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ import pytest
 
 from enclave.backends import firewall
 from enclave.backends.base import LABEL_NAME
-from support import REPO_ROOT, private_dir, service_missing
+from support import service_missing
 from support.egress import (
     host_listener,
     missing_network_tools,
@@ -33,7 +32,16 @@ from support.egress import (
     outside_world,
     probe,
 )
-from support.gateway_procs import enclave_argv
+from support.enclave_up import (
+    UP_TIMEOUT,
+    containers,
+    free_port,
+    issue,
+    run_enclave,
+    state_dir,
+    wait_token_known,
+    write_spec,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -44,8 +52,6 @@ if TYPE_CHECKING:
     from support.docker_engine import DockerResources
 
 pytestmark = [pytest.mark.docker, pytest.mark.vault, pytest.mark.slow]
-
-UP_TIMEOUT = 900
 
 
 @dataclass
@@ -60,52 +66,6 @@ class Up:
 
     def run(self, *args: str, timeout: float = UP_TIMEOUT) -> subprocess.CompletedProcess[str]:
         return run_enclave(self.state, *args, timeout=timeout)
-
-
-def run_enclave(state: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*enclave_argv(), "--state-dir", str(state), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def write_spec(root: Path, name: str, port: int, *, extra: str = "") -> Path:
-    init = run_enclave(root / "state", "init", str(root / "ws"), "--name", name, "--force")
-    assert init.returncode == 0, init.stderr
-    spec = root / "ws" / "enclave.yaml"
-    text = spec.read_text().replace("127.0.0.1:8443", f"127.0.0.1:{port}")
-    spec.write_text(text + extra)
-    return spec
-
-
-def state_dir(root: Path) -> Path:
-    """A fresh state directory sharing the repository's image cache (wheels, base rootfs)."""
-    state = root / "state"
-    state.mkdir(mode=0o700, parents=True, exist_ok=True)
-    cache = private_dir(private_dir(REPO_ROOT / ".state") / "cache")
-    if not (state / "cache").exists():
-        (state / "cache").symlink_to(cache)
-    return state
-
-
-def issue(state: Path, spec: Path, principal: str) -> str:
-    done = run_enclave(state, "token", "issue", str(spec), "--principal", principal)
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip().splitlines()[-1].split()[-1]
-
-
-def containers(client: DockerClient, name: str) -> dict[str, Container]:
-    found = client.containers.list(all=True, filters={"label": f"{LABEL_NAME}={name}"})
-    return {c.name or "": c for c in found}
 
 
 @pytest.fixture(scope="module")
@@ -123,15 +83,10 @@ def enclave(
     try:
         assert done.returncode == 0, f"enclave up exited {done.returncode}: {done.stderr[-3000:]}"
         result = json.loads(done.stdout)
-        yield Up(
-            name,
-            spec,
-            state,
-            result["url"],
-            result,
-            issue(state, spec, "alice"),
-            issue(state, spec, "carol"),
-        )
+        alice, carol = issue(state, spec, "alice"), issue(state, spec, "carol")
+        for token in (alice, carol):
+            wait_token_known(result["url"], token)
+        yield Up(name, spec, state, result["url"], result, alice, carol)
     finally:
         down = run_enclave(state, "down", name, "--json", timeout=120)
         run_enclave(state, "vault", "stop", timeout=60)

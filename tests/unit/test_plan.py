@@ -20,7 +20,7 @@ from enclave.backends.base import (
 from enclave.backends.desired import HostPaths, desired_state
 from enclave.backends.runtimes import BuiltinWeights
 from enclave.errors import ConflictError, DockerError, InputError
-from enclave.plan import Action, Step, execute, plan_down, plan_up
+from enclave.plan import Action, Created, Step, execute, plan_down, plan_up, roll_back
 from enclave.spec import load_spec
 from support.workspace import make_workspace
 
@@ -261,3 +261,36 @@ def test_down_removes_gateway_first_then_firewall_then_networks(desired: Desired
     execute(backend, None, observed, actions)
     assert backend.networks == {} and backend.containers == {} and not backend.firewall
     assert plan_down(backend.observe("demo")) == []
+
+
+def test_a_later_failure_rolls_back_what_execute_created(desired: Desired) -> None:
+    backend = FakeBackend(Observed("demo"))
+    created = Created()
+    execute(backend, desired, Observed("demo"), plan_up(desired, Observed("demo")),
+            bootstrap=lambda c: b"m", created=created)  # fmt: skip
+    assert [c.name for c in created.containers] == [
+        "enclave-demo-model-assistant",
+        "enclave-demo-gateway",
+    ]
+    assert created.isolated and len(created.networks) == 2
+    roll_back(backend, "demo", created)
+    assert backend.networks == {} and backend.containers == {} and not backend.firewall
+    assert backend.calls[-5:] == [
+        "remove enclave-demo-gateway",
+        "remove enclave-demo-model-assistant",
+        "unisolate",
+        "remove network enclave-demo-ingress",
+        "remove network enclave-demo-internal",
+    ]
+    calls = len(backend.calls)
+    roll_back(backend, "demo", created)  # emptied: nothing more to remove
+    assert len(backend.calls) == calls
+
+
+def test_a_failed_execute_leaves_nothing_to_roll_back(desired: Desired) -> None:
+    backend = FakeBackend(Observed("demo"), fail_on="wait enclave-demo-gateway")
+    created = Created()
+    with pytest.raises(DockerError):
+        execute(backend, desired, Observed("demo"), plan_up(desired, Observed("demo")),
+                bootstrap=lambda c: b"m", created=created)  # fmt: skip
+    assert created == Created()

@@ -66,7 +66,8 @@ def up(spec: SpecArg, wheelhouse: WheelhouseOpt = None, as_json: JsonOpt = False
     Verifies weights, provisions Vault, builds images, creates networks, firewall rules and
     hardened containers, starts the shutdown controller and waits for the gateway's first
     answer. On failure, removes what this run created and exits non-zero (2 bad input, 3
-    conflict, 5 Docker or Vault failed, 6 a weights digest does not match).
+    conflict, 4 an image or other object is missing (nothing is ever pulled), 5 Docker or Vault
+    failed, 6 a weights digest does not match).
     """
     loaded = load_spec(spec)
     console = err()
