@@ -6,6 +6,7 @@ from bench import (
     audit_log,
     enclave_up,
     gateway,
+    hot_paths,
     images,
     spec_load,
     vault_provision,
@@ -14,7 +15,7 @@ from bench import (
 
 
 def main() -> None:
-    for bench in (spec_load, audit_log, vault_provision, vault_revoke, images, gateway):
+    for bench in (spec_load, audit_log, vault_provision, vault_revoke, images, hot_paths, gateway):
         bench.main()
         print()
     # bench.images above already built the base from nothing when asked to: not twice

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import statistics
-import time
 from typing import Any
 
 import pytest
@@ -376,23 +374,10 @@ def test_from_spec_wires_everything_from_the_spec(workspace: Workspace, tokens: 
     assert pipeline.state.max_lease == 3.0
 
 
-def test_a_decision_costs_well_under_a_millisecond(
-    pipeline: Pipeline, tokens: Tokens, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_a_2kb_request_is_decided(pipeline: Pipeline, tokens: Tokens) -> None:
+    """Its cost is measured by bench/hot_paths.py, not asserted here."""
     text = (BENIGN + " Plan fuel for every vehicle in the artillery battery. ") * 20
-    body = chat(text[:2048])
-    h = headers(tokens, "grace")
-    pipeline.decide(Endpoint.CHAT, h, body)
-    samples = []
-    for _ in range(300):
-        began = time.perf_counter()
-        decision = pipeline.decide(Endpoint.CHAT, h, body)
-        samples.append(time.perf_counter() - began)
-        assert decision.allowed
-    median = statistics.median(samples)
-    with capsys.disabled():
-        print(f"\n  decide(): 2 KB chat request, median {median * 1e6:.0f} us")
-    assert median < 0.001
+    assert pipeline.decide(Endpoint.CHAT, headers(tokens, "grace"), chat(text[:2048])).allowed
 
 
 def test_tokens_snapshot_type_is_public() -> None:

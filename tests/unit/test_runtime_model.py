@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import statistics
-import time
 from pathlib import Path
 
 import pytest
@@ -249,13 +247,14 @@ def test_sampling_params_are_checked(params: dict[str, object]) -> None:
         SamplingParams(**params)  # type: ignore[arg-type]
 
 
-def test_generating_64_tokens_takes_well_under_5_ms(model: NgramModel) -> None:
-    timings = []
-    for seed in range(50):
-        start = time.perf_counter()
-        model.generate("Tell me about the gateway", SamplingParams(max_tokens=64, seed=seed)).text()
-        timings.append(time.perf_counter() - start)
-    assert statistics.median(timings) < 0.005
+def test_generating_64_tokens_gives_at_most_64(model: NgramModel) -> None:
+    """Its cost is measured by bench/hot_paths.py, not asserted here."""
+    for seed in range(5):
+        generation = model.generate(
+            "Tell me about the gateway", SamplingParams(max_tokens=64, seed=seed)
+        )
+        assert generation.text()
+        assert 0 < generation.completion_tokens <= 64
 
 
 # --- embeddings -------------------------------------------------------------------------------
