@@ -62,6 +62,7 @@ from enclave.vault.provision import (
     teardown,
     write_bootstrap,
 )
+from enclave.vault.tokens import issue, read_key, read_record, verify_token
 from enclave.vault.transit import TransitSigner
 from support import service_missing
 from support.openbao import (
@@ -480,12 +481,14 @@ def test_each_component_is_refused_everything_outside_its_policy(
             path=CONTROL_KEY, secret={"key": "AAAA"}, mount_point=mine.kv
         )
     )
-    if component != GATEWAY:
+    if component == MODEL:  # the gateway and the controller check people's API tokens
         forbidden(
             lambda: kv.read_secret_version(
                 path=API_TOKEN_KEY, mount_point=mine.kv, raise_on_deleted_version=True
             )
         )
+    if component == CONTROLLER:  # it reads one token record by id, never the list
+        forbidden(lambda: kv.list_secrets(path="api-tokens", mount_point=mine.kv))
     if component == MODEL:  # only the gateway and the controller hold the control key
         forbidden(lambda: read_control_key(me, mine))
     if component == MODEL:
@@ -544,6 +547,9 @@ def test_each_component_can_do_its_own_job(enclaves: Enclaves, openbao_client: A
     )
     assert read["data"]["data"] == {"password": plaintext}
 
+    issued = issue(openbao_client, paths, "bob", ["safety-officer"])
+    record = read_record(controller, paths, issued.info.id)
+    assert verify_token(record, read_key(controller, paths), issued.token)
     leases = controller.sys.list_leases(f"auth/{paths.workload_auth}/login/")["data"]["keys"]
     assert len(leases) >= 2  # the gateway's and the model server's logins
     TransitSigner(controller, paths.transit, AUDIT_SIGNER_KEY).sign(b"incident")

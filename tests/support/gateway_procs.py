@@ -183,8 +183,13 @@ def provisioned_enclave(
     *,
     heartbeat: str = "1s",
     lease: str = "30s",
+    template: str = ENCLAVE_SPEC,
 ) -> Iterator[Enclave]:
-    """An enclave provisioned in the harness's OpenBao, with one token for alice."""
+    """An enclave provisioned in the harness's OpenBao, with one token for alice.
+
+    ``template`` is the spec (a ``str.format`` template with ``name``, ``vault``,
+    ``heartbeat`` and ``lease``); it must give alice the analyst role.
+    """
     workspace = make_workspace(tmp_path / "ws")
     shutil.copy(
         REPO_ROOT / "policies" / "usage" / "screens.yaml",
@@ -192,7 +197,7 @@ def provisioned_enclave(
     )
     name = f"g{secrets.token_hex(4)}"
     spec = workspace.write(
-        ENCLAVE_SPEC.format(name=name, vault=vault_address, heartbeat=heartbeat, lease=lease)
+        template.format(name=name, vault=vault_address, heartbeat=heartbeat, lease=lease)
     )
     loaded = load_spec(spec)
     provision(vault_client, loaded)
@@ -357,8 +362,15 @@ def running_controller(
     material: BootstrapMaterial,
     *,
     vault_address: str | None = None,
+    extra: tuple[str, ...] = (),
+    ready: str | None = None,
+    log_name: str = "controller.log",
 ) -> Iterator[Process]:
-    """``enclave controller run --bootstrap -`` heartbeating ``gateways``; stopped after."""
+    """``enclave controller run --bootstrap -`` heartbeating ``gateways``; stopped after.
+
+    ``extra`` is appended to its arguments; ``ready`` replaces the pattern of the line it
+    prints once running (a controller that starts killed says so instead of heartbeating).
+    """
     argv = [
         *enclave_argv(),
         "--log-level",
@@ -376,11 +388,15 @@ def running_controller(
         argv += ["--gateway", url]
     if vault_address is not None:
         argv += ["--vault-address", vault_address]
+    argv += extra
     controller = launch(
         argv,
-        tmp_path / "controller.log",
-        rf"controller of enclave {enclave.name} heartbeating {len(gateways)} gateway\(s\) "
-        r"every \S+",
+        tmp_path / log_name,
+        ready
+        or (
+            rf"controller of enclave {enclave.name} heartbeating {len(gateways)} gateway\(s\) "
+            r"every \S+"
+        ),
         stdin=material_json(material),
     )
     try:

@@ -5,16 +5,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from pathlib import Path
 
 import httpx
 import pytest
 
+from enclave.audit import AuditLog, Ed25519Signer
 from enclave.errors import InputError
 from enclave.gateway.control import ControlChannel
 from enclave.gateway.state import ShutdownState
 from enclave.shutdown.control import SIGNATURE_HEADER, ControlCommand, ControlKind
-from enclave.shutdown.controller import Controller
+from enclave.shutdown.controller import Controller, ControllerSettings
 from enclave.shutdown.heartbeat import GatewayLink, Heartbeater, HeartbeatSettings
+from enclave.shutdown.journal import Journal
+from enclave.shutdown.state import StateMachine
 from enclave.spec.model import Shutdown
 
 KEY = secrets.token_bytes(32)
@@ -142,14 +146,47 @@ def test_settings_come_from_the_spec_and_are_checked() -> None:
         GatewayLink("http://gw", b"short")
 
 
-def test_the_controller_heartbeats_each_gateway_once() -> None:
-    controller = Controller("demo", ["http://a", "http://b/", "http://a"], KEY, SETTINGS)
-    assert [link.url for link in controller.links] == ["http://a", "http://b"]
-    with pytest.raises(InputError, match="no gateway"):
-        Controller("demo", [], KEY, SETTINGS)
+def test_the_controller_heartbeats_each_gateway_once(tmp_path: Path) -> None:
+    machine = StateMachine(tmp_path / "state.json", required=2, exclude_trigger=True)
+    signer = Ed25519Signer.from_file(tmp_path / "audit.key", create=True)
+    settings = ControllerSettings(heartbeat=SETTINGS)
+    with AuditLog.open(tmp_path / "audit", enclave="demo", signer=signer) as audit_log:
+        journal = Journal(audit_log)
+        controller = Controller(
+            "demo", ["http://a", "http://b/", "http://a"], KEY, settings,
+            machine=machine, journal=journal,
+        )  # fmt: skip
+        assert [link.url for link in controller.links] == ["http://a", "http://b"]
+        with pytest.raises(InputError, match="no gateway"):
+            Controller("demo", [], KEY, settings, machine=machine, journal=journal)
 
-    async def close() -> None:
-        for link in controller.links:
+        async def close() -> None:
+            for link in controller.links:
+                await link.aclose()
+
+        asyncio.run(close())
+
+
+def test_the_heartbeat_pauses_while_its_gate_is_closed() -> None:
+    gateway = Gateway()
+    gate = asyncio.Event()
+    heartbeater = Heartbeater([gateway.link("http://gw-a")], SETTINGS, gate=gate)
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(heartbeater.run(stop))
+        await asyncio.sleep(0.2)
+        assert gateway.accepted == []  # closed: no heartbeat at all
+        gate.set()
+        await asyncio.sleep(0.2)
+        beats = len(gateway.accepted)
+        assert beats >= 2
+        gate.clear()
+        await asyncio.sleep(0.2)
+        assert len(gateway.accepted) <= beats + 1  # at most the one already under way
+        stop.set()
+        await asyncio.wait_for(task, 5)  # a stop ends it even while the gate is closed
+        for link in heartbeater.links:
             await link.aclose()
 
-    asyncio.run(close())
+    asyncio.run(scenario())

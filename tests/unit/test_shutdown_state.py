@@ -166,3 +166,58 @@ def test_concurrent_kills_and_approvals_stay_consistent(tmp_path: Path) -> None:
         thread.join()
     assert outcomes.count(ApprovalOutcome.QUORUM) + outcomes.count(ApprovalOutcome.COUNTED) == 5
     assert len({a.principal for a in sm.state.approvals}) == len(sm.state.approvals) == 5
+
+
+def test_expire_drops_and_returns_only_the_stale_approvals(tmp_path: Path) -> None:
+    clock = Clock()
+    path = tmp_path / "s.json"
+    sm = killed(path, clock, required=3)
+    sm.approve("carol")
+    clock.now += 60
+    sm.approve("dan")
+    assert sm.expire() == []
+    clock.now += sm.approval_ttl - 30  # carol's is older than the ttl, dan's is not
+    expired = sm.expire()
+    assert [a.principal for a in expired] == ["carol"]
+    assert [a.principal for a in sm.state.approvals] == ["dan"]
+    assert [a.principal for a in machine(path, clock).state.approvals] == ["dan"]  # persisted
+
+
+def test_a_kill_mid_resume_aborts_it_and_keeps_the_incident(tmp_path: Path) -> None:
+    clock = Clock()
+    path = tmp_path / "s.json"
+    sm = killed(path, clock)
+    first = Trigger(TriggerKind.MANUAL, "again", "carol", clock())
+    assert sm.abort_resume(first) is False  # killed, not resuming: nothing changes
+    sm.approve("carol")
+    sm.approve("dan")
+    sm.begin_resume()
+    assert sm.abort_resume(first) is True
+    assert mode_of(sm) is Mode.KILLING
+    assert sm.state.incident == "inc-1" and sm.state.approvals == [] and sm.state.kills == 2
+    assert sm.state.trigger == first
+    sm.killed()
+    assert sm.approve("carol") is ApprovalOutcome.TRIGGERER  # carol killed it this time
+
+
+def test_the_incident_may_be_named_after_the_kill_began(tmp_path: Path) -> None:
+    clock = Clock()
+    path = tmp_path / "s.json"
+    sm = machine(path, clock)
+    with pytest.raises(ConflictError, match="no kill"):
+        sm.set_incident("inc-0")
+    assert sm.begin_kill(Trigger(TriggerKind.DRIFT, "baseline drift"))
+    assert sm.state.incident is None
+    sm.set_incident("inc-7")
+    assert machine(path, clock).state.incident == "inc-7"
+
+
+def test_an_approval_can_be_withdrawn(tmp_path: Path) -> None:
+    clock = Clock()
+    path = tmp_path / "s.json"
+    sm = killed(path, clock)
+    assert sm.approve("carol") is ApprovalOutcome.COUNTED
+    assert sm.withdraw("carol") is True
+    assert sm.withdraw("carol") is False
+    assert machine(path, clock).state.approvals == []
+    assert sm.approve("carol") is ApprovalOutcome.COUNTED  # counts again, not a replay

@@ -230,6 +230,108 @@ class DockerBackend:
             data: bytes = found.logs(tail=lines)
         return data.decode("utf-8", "replace")
 
+    # -- raw, read-only inspection (compliance facts) ---------------------------------------
+
+    def inspect_all(self, enclave: str) -> list[dict[str, Any]]:
+        """``docker inspect`` of every container carrying the enclave's label, in one pass.
+
+        The engine has no multi-container inspect: this lists once and inspects each container
+        once (what ``docker inspect a b c`` does), so a caller pays one round per container,
+        not one per question it asks of it. A container removed in between is left out.
+        """
+        label = f"{LABEL_NAME}={enclave}"
+        found: list[dict[str, Any]] = []
+        with _translated(f"inspect the containers of enclave {enclave}"):
+            for summary in self.client.api.containers(all=True, filters={"label": label}):
+                try:
+                    found.append(self.client.api.inspect_container(summary["Id"]))
+                except docker.errors.NotFound:
+                    continue
+        return sorted(found, key=lambda attrs: str(attrs.get("Name", "")))
+
+    def inspect_networks(self, enclave: str) -> list[dict[str, Any]]:
+        """``docker network inspect`` of every network carrying the enclave's label."""
+        label = f"{LABEL_NAME}={enclave}"
+        found: list[dict[str, Any]] = []
+        with _translated(f"inspect the networks of enclave {enclave}"):
+            for summary in self.client.api.networks(filters={"label": label}):
+                try:
+                    found.append(self.client.api.inspect_network(summary["Id"]))
+                except docker.errors.NotFound:
+                    continue
+        return sorted(found, key=lambda attrs: str(attrs.get("Name", "")))
+
+    def inspect_images(self, images: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """``docker image inspect`` of each image (by id or reference), with its ``History``
+        (``docker history``) added; an image that no longer exists is left out."""
+        found: dict[str, dict[str, Any]] = {}
+        for image in dict.fromkeys(images):
+            with _translated(f"inspect image {image}"):
+                try:
+                    api: Any = self.client.api  # the stubs leave these two calls untyped
+                    attrs = dict(api.inspect_image(image))
+                    attrs["History"] = list(api.history(image))
+                except docker.errors.ImageNotFound:
+                    continue
+            found[image] = attrs
+        return found
+
+    def engine_info(self) -> dict[str, Any]:
+        """``docker info``, with the default bridge network's inspect under ``DefaultBridge``
+        (empty when the engine has none): its options say whether inter-container traffic is
+        allowed there (``icc``)."""
+        with _translated("read the Docker engine's settings"):
+            info = dict(self.client.api.info())
+            try:
+                info["DefaultBridge"] = self.client.api.inspect_network("bridge")
+            except docker.errors.NotFound:
+                info["DefaultBridge"] = {}
+        return info
+
+    # -- the kill switch --------------------------------------------------------------------
+
+    def inventory(self, enclave: str) -> Observed:
+        """The enclave's containers and networks, without the firewall (:meth:`observe` asks
+        iptables too; the kill switch needs only the engine, and needs it fast)."""
+        label = f"{LABEL_NAME}={enclave}"
+        with _translated(f"list the objects of enclave {enclave}"):
+            networks = self.client.networks.list(filters={"label": label})
+            containers = self.client.containers.list(all=True, filters={"label": label})
+            return Observed(
+                enclave=enclave,
+                networks={n.name: _network(n.attrs) for n in networks if n.name is not None},
+                containers={c.name: _container(c.attrs) for c in containers if c.name},
+            )
+
+    def kill_container(self, container: ObservedContainer) -> bool:
+        """SIGKILL ``container`` now (no grace period); False when it was not running.
+
+        Docker does not restart a container it was told to kill, whatever its restart policy.
+        """
+        with _translated(f"kill container {container.name}"):
+            try:
+                self.client.api.kill(container.id, signal="SIGKILL")
+            except docker.errors.NotFound:
+                return False
+            except docker.errors.APIError as exc:
+                if exc.status_code == 409:  # "is not running"
+                    return False
+                raise
+        return True
+
+    def disconnect(self, container: ObservedContainer, network: str) -> bool:
+        """Take ``container`` off ``network`` (running or not); False when it was not on it."""
+        with _translated(f"disconnect {container.name} from network {network}"):
+            try:
+                self.client.api.disconnect_container_from_network(container.id, network, force=True)
+            except docker.errors.NotFound:
+                return False
+            except docker.errors.APIError as exc:
+                if "is not connected" in _explain(exc):  # Docker answers 500 for it
+                    return False
+                raise
+        return True
+
 
 def container_health_ok(container: ContainerSpec) -> tuple[int, ...]:
     """The HTTP statuses that mean "up": a gateway without a lease yet answers 503."""

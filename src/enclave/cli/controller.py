@@ -1,31 +1,60 @@
-"""``enclave controller run``: the shutdown controller, as a host process.
+"""``enclave controller run|status``, ``enclave kill`` and ``enclave resume``.
 
-``enclave controller run --spec FILE --gateway URL [--gateway URL ...]`` logs into Vault as the
-enclave's controller (``--bootstrap FILE|-``; for local runs an admin token, as the other
-commands take it), reads the control key, keeps its token renewed and heartbeats every gateway
-until SIGTERM or SIGINT. What the controller does and does not do yet: :mod:`enclave.shutdown.
-controller`.
+``enclave controller run --spec FILE --gateway URL [--gateway URL ...]`` is the shutdown
+controller (:mod:`enclave.shutdown.controller`), a host process that ``enclave up`` starts. It
+logs into Vault as the enclave's controller (``--bootstrap FILE|-``; for local runs an admin
+token, as the other commands take it), reads the control key, opens its own audit log and state
+under ``<state>/enclaves/<name>/controller/``, serves its API on ``api.sock`` there, and runs
+until SIGTERM or SIGINT (finishing a kill under way first).
+
+``enclave kill``, ``enclave resume`` and ``enclave controller status`` are thin clients of that
+API. The caller's own enclave API token comes from ``--token-file`` (mode 0600), never an
+argument or the environment; the controller checks it against Vault and its role in the spec.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
+from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
+from enclave import lifecycle
+from enclave.audit import AuditLog, AuditSettings, Ed25519Signer
+from enclave.cli.console import out, print_json
+from enclave.cli.context import state_dir
+from enclave.cli.secretfile import read_secret_file
 from enclave.cli.vaultconn import (
     BootstrapOpt,
     TokenFileOpt,
     VaultAddressOpt,
     component_session,
 )
-from enclave.errors import InputError
-from enclave.shutdown.controller import Controller
-from enclave.shutdown.heartbeat import HeartbeatSettings
+from enclave.errors import (
+    ConflictError,
+    EnclaveError,
+    InputError,
+    ServiceError,
+)
+from enclave.shutdown.api import (
+    ControllerClient,
+    bind,
+    controller_dir,
+    create_api,
+    serve,
+    socket_path,
+)
+from enclave.shutdown.authority import Authenticator, ControllerVault
+from enclave.shutdown.controller import Controller, ControllerSettings
+from enclave.shutdown.journal import Journal
+from enclave.shutdown.state import Mode, StateMachine
+from enclave.shutdown.workload import DockerWorkload
 from enclave.spec import load_spec
 from enclave.vault.controlkey import read_control_key
 from enclave.vault.names import CONTROLLER, EnclavePaths
@@ -33,6 +62,23 @@ from enclave.vault.names import CONTROLLER, EnclavePaths
 log = logging.getLogger(__name__)
 
 app = typer.Typer(help="The emergency shutdown controller.", no_args_is_help=True)
+
+NameArg = Annotated[str, typer.Argument(help="The enclave's name (metadata.name).")]
+ApiTokenOpt = Annotated[
+    Path,
+    typer.Option("--token-file", help="File (mode 0600) holding your enclave API token."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+class Backend(StrEnum):
+    DOCKER = "docker"
+    NONE = "none"
+
+
+class OnLostHeartbeat(StrEnum):
+    RECORD = "record"
+    KILL = "kill"
 
 
 @app.command("run")
@@ -45,37 +91,241 @@ def run(
     bootstrap: BootstrapOpt = None,
     vault_token_file: TokenFileOpt = None,
     vault_address: VaultAddressOpt = None,
+    gateway_audit: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--gateway-audit",
+            help="A gateway's audit log directory, watched (read-only) for policy violations; "
+            "once per log. Default: where 'enclave up' puts the gateway's.",
+        ),
+    ] = None,
+    backend: Annotated[
+        Backend,
+        typer.Option(
+            "--backend",
+            help="What runs the model containers the kill stops: the local Docker engine, or "
+            "none (gateways run as plain processes: the kill tells them and revokes Vault "
+            "tokens only).",
+        ),
+    ] = Backend.DOCKER,
+    on_lost_heartbeat: Annotated[
+        OnLostHeartbeat,
+        typer.Option(
+            "--on-lost-heartbeat",
+            help="When a gateway misses two heartbeats in a row: record it (the gateway fails "
+            "closed by itself when its lease lapses), or kill the enclave.",
+        ),
+    ] = OnLostHeartbeat.RECORD,
 ) -> None:
-    """Heartbeat the enclave's gateways until SIGTERM/SIGINT; prints one line once running."""
+    """Run the shutdown controller until SIGTERM/SIGINT; prints one line once its API is up."""
     loaded = load_spec(spec)
     if not gateway:
         raise InputError("give at least one --gateway URL")
-    settings = HeartbeatSettings.from_spec(loaded.spec.shutdown)
-    with component_session(
-        loaded,
-        CONTROLLER,
-        bootstrap=bootstrap,
-        token_file=vault_token_file,
-        vault_address=vault_address,
-    ) as session:
-        key = read_control_key(session.client, EnclavePaths(loaded.name))
-        controller = Controller(loaded.name, gateway, key, settings)
-        asyncio.run(_run(controller))
+    settings = ControllerSettings.from_spec(
+        loaded.spec, lost_heartbeat_kills=on_lost_heartbeat is OnLostHeartbeat.KILL
+    )
+    state = state_dir()
+    name = loaded.name
+    home = controller_dir(state, name)
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    shutdown = loaded.spec.shutdown
+    machine = StateMachine(
+        home / "state.json",
+        required=shutdown.resume_approvals,
+        exclude_trigger=shutdown.resume_excludes_trigger,
+    )
+    signer = Ed25519Signer.from_file(home / "audit.key", create=True)
+    audits = gateway_audit or [lifecycle.audit_dir(state, name)]
+    with (
+        AuditLog.open(  # one writer per log: a second controller of this enclave stops here
+            home / "audit",
+            enclave=name,
+            signer=signer,
+            settings=AuditSettings.from_spec(loaded.spec.audit),
+        ) as audit_log,
+        component_session(
+            loaded,
+            CONTROLLER,
+            bootstrap=bootstrap,
+            token_file=vault_token_file,
+            vault_address=vault_address,
+        ) as session,
+    ):
+        paths = EnclavePaths(name)
+        key = read_control_key(session.client, paths)
+        vault = ControllerVault(session.client, paths)
+        controller = Controller(
+            name,
+            gateway,
+            key,
+            settings,
+            machine=machine,
+            journal=Journal(audit_log),
+            authenticator=Authenticator.from_spec(vault, loaded.spec),
+            workload=DockerWorkload(loaded, state) if backend is Backend.DOCKER else None,
+            vault=vault,
+            gateway_audit=audits,
+        )
+        where = socket_path(state, name)
+        sock = bind(where)
+        try:
+            asyncio.run(_run(controller, sock))
+        finally:
+            sock.close()
+            with contextlib.suppress(FileNotFoundError):
+                where.unlink()
 
 
-async def _run(controller: Controller) -> None:
+async def _run(controller: Controller, sock: Any) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     signals = (signal.SIGTERM, signal.SIGINT)
     for sig in signals:
         loop.add_signal_handler(sig, stop.set)
+
+    def announce() -> None:
+        count = len(controller.links)
+        if controller.mode is Mode.SERVING:
+            line = (
+                f"controller of enclave {controller.enclave} heartbeating {count} gateway(s) "
+                f"every {controller.settings.heartbeat.interval:g}s"
+            )
+        else:
+            line = (
+                f"controller of enclave {controller.enclave} is {controller.mode.value}: "
+                f"{count} gateway(s) told to deny, no heartbeats"
+            )
+        typer.echo(line)
+
     try:
-        typer.echo(
-            f"controller of enclave {controller.enclave} heartbeating "
-            f"{len(controller.links)} gateway(s) every {controller.settings.interval:g}s",
-        )
-        await controller.run(stop)
+        await controller.start()
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(controller.run(stop))
+            tasks.create_task(serve(create_api(controller), sock, stop, started=announce))
     finally:
         for sig in signals:
             loop.remove_signal_handler(sig)
     log.info("controller stopped by signal")
+
+
+# -- the clients --------------------------------------------------------------------------------
+
+
+def _client(name: str, timeout: float = 900.0) -> ControllerClient:
+    return ControllerClient(socket_path(state_dir(), name), timeout=timeout)
+
+
+def _raise_for(status: int, data: dict[str, Any]) -> None:
+    if 200 <= status < 300:
+        return
+    found = data.get("error")
+    error: dict[str, Any] = found if isinstance(found, dict) else {}
+    message = str(error.get("message") or f"HTTP {status}")
+    text = f"controller: {message} ({error.get('code') or 'error'}, HTTP {status})"
+    if status in (400, 401, 403):
+        raise InputError(text)
+    if status == 409:
+        raise ConflictError(text)
+    if status == 503:
+        raise ServiceError(text)
+    raise EnclaveError(text)
+
+
+def kill(
+    name: NameArg,
+    reason: Annotated[str, typer.Option("--reason", help="Why (recorded in the incident).")],
+    token_file: ApiTokenOpt,
+    as_json: JsonOpt = False,
+) -> None:
+    """Kill the enclave now: its gateways deny everything and cut their streams, its model
+    containers are stopped and detached, its Vault tokens revoked, an incident opened.
+
+    Needs a role with the 'kill' action. Prints each step with its timing. Exit codes: 0
+    killed; 2 refused (a bad or expired token, a role without 'kill', no reason); 3 the
+    enclave is already killed; 5 the controller does not answer or cannot check tokens.
+    """
+    token = read_secret_file(token_file, "--token-file")
+    status, data = _client(name).call("POST", "/kill", token=token, body={"reason": reason})
+    _raise_for(status, data)
+    if as_json:
+        print_json(data)
+        return
+    console = out()
+    console.print(f"enclave {name} killed (incident {data.get('incident')})", markup=False)
+    for step in data.get("steps") or []:
+        state = "ok" if step.get("ok") else "FAILED"
+        console.print(
+            f"  {step['step']:<36} {state:<6} {step['seconds'] * 1000:8.1f} ms  "
+            f"(trigger+{step['offset'] * 1000:.1f} ms)  {step['detail']}",
+            markup=False,
+        )
+
+
+def resume(name: NameArg, token_file: ApiTokenOpt, as_json: JsonOpt = False) -> None:
+    """Approve resuming a killed enclave. It resumes once enough distinct principals holding
+    'resume' have approved (the spec's resumeApprovals; not the one who killed it, when
+    resumeExcludesTrigger); the approval that completes the quorum waits for the resume.
+    Exit codes: 0 approval counted, or resumed; 2 refused (a bad or expired token, a role
+    without 'resume', you killed it); 3 refused (not killed, or you already approved); 1 the
+    resume failed and the enclave stays killed; 5 the controller does not answer or cannot
+    check tokens.
+    """
+    token = read_secret_file(token_file, "--token-file")
+    status, data = _client(name).call("POST", "/resume", token=token)
+    _raise_for(status, data)
+    if as_json:
+        print_json(data)
+        return
+    approvers = ", ".join(data.get("approvals") or []) or "none"
+    console = out()
+    for who in data.get("expired") or []:
+        console.print(f"the approval of {who} had expired and no longer counts", markup=False)
+    if data.get("resumed"):
+        console.print(
+            f"enclave {name} resumed (approved by {approvers}; {data.get('seconds') or 0:.1f} s)",
+            markup=False,
+        )
+        return
+    have, need = len(data.get("approvals") or []), int(data.get("required") or 0)
+    console.print(
+        f"approval recorded: {have} of {need} ({approvers}); {need - have} more needed",
+        markup=False,
+    )
+
+
+def _when(stamp: object) -> str:
+    if not isinstance(stamp, int | float):
+        return "-"
+    return datetime.fromtimestamp(stamp, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+@app.command("status")
+def status(name: NameArg, as_json: JsonOpt = False) -> None:
+    """The controller's state: mode, since when, the trigger, the incident, the approvals."""
+    code, data = _client(name, timeout=10.0).call("GET", "/status")
+    _raise_for(code, data)
+    if as_json:
+        print_json(data)
+        return
+    console = out()
+    console.print(f"enclave {name}: {data['mode']} since {_when(data['since'])}", markup=False)
+    trigger = data.get("trigger")
+    if trigger:
+        by = trigger.get("principal") or "the controller"
+        console.print(f"  trigger    {trigger['kind']} by {by}: {trigger['reason']}", markup=False)
+    if data.get("incident"):
+        console.print(f"  incident   {data['incident']}", markup=False)
+    if data["mode"] != Mode.SERVING.value:
+        names = ", ".join(a["principal"] for a in data.get("approvals") or []) or "none"
+        console.print(
+            f"  approvals  {len(data.get('approvals') or [])} of {data['required']} ({names})",
+            markup=False,
+        )
+    console.print(f"  kills      {data['kills']}", markup=False)
+    for gw in data.get("gateways") or []:
+        health = "lost" if gw.get("lost") else "ok"
+        console.print(
+            f"  gateway    {gw['url']}  heartbeats {gw['sent']} sent, {gw['missed']} missed "
+            f"({health})",
+            markup=False,
+        )

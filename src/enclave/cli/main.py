@@ -16,6 +16,7 @@ from typing import Annotated, NoReturn
 import typer
 
 from enclave._version import __version__
+from enclave.cli import controller as controller_cmd
 from enclave.cli import enclaves as enclaves_cmd
 from enclave.cli import gateway as gateway_cmd
 from enclave.cli import init as init_cmd
@@ -23,7 +24,6 @@ from enclave.cli import schema as schema_cmd
 from enclave.cli import validate as validate_cmd
 from enclave.cli.audit import app as audit_app
 from enclave.cli.context import CONTEXT, default_state_dir
-from enclave.cli.controller import app as controller_app
 from enclave.cli.images import app as images_app
 from enclave.cli.incident import app as incident_app
 from enclave.cli.logs import LogFormat, LogLevel, configure
@@ -64,11 +64,13 @@ app.add_typer(vault_app, name="vault")
 app.add_typer(token_app, name="token")
 app.add_typer(runtime_app, name="runtime")
 app.add_typer(gateway_cmd.app, name="gateway")
-app.add_typer(controller_app, name="controller")
+app.add_typer(controller_cmd.app, name="controller")
 app.add_typer(images_app, name="images")
 app.add_typer(gateway_cmd.approvals_app, name="approvals")
 app.command("approve")(gateway_cmd.approve)
 app.command("deny")(gateway_cmd.deny)
+app.command("kill")(controller_cmd.kill)
+app.command("resume")(controller_cmd.resume)
 
 
 def _version(value: bool) -> None:

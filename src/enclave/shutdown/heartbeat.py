@@ -12,7 +12,10 @@ logged (the first, then every tenth in a row, and the recovery); they never stop
 A link's ``issued`` timestamps strictly increase, as the gateway requires.
 
 :meth:`GatewayLink.send` takes any :class:`~enclave.shutdown.control.ControlKind`: the kill and
-resume commands of the controller's state machine go over the same links.
+resume commands of the controller's state machine go over the same links. A
+:class:`Heartbeater` given a ``gate`` beats only while the gate is set: the controller closes it
+the moment it starts a kill (so the gateways' leases lapse as well), and opens it again on
+resume.
 """
 
 from __future__ import annotations
@@ -156,6 +159,15 @@ class GatewayLink:
             seconds=_since(started),
         )
 
+    async def healthz(self) -> int:
+        """The status of the gateway's ``GET /healthz`` (0 when nothing answers in time)."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                response = await self._client.get("/healthz")
+        except (TimeoutError, httpx.HTTPError):
+            return 0
+        return response.status_code
+
     async def aclose(self) -> None:
         await self._client.aclose()
 
@@ -178,13 +190,24 @@ class LinkStats:
 
 
 class Heartbeater:
-    """Heartbeats every link at ``settings.interval`` until stopped; one task per gateway."""
+    """Heartbeats every link at ``settings.interval`` until stopped; one task per gateway.
 
-    def __init__(self, links: Sequence[GatewayLink], settings: HeartbeatSettings) -> None:
+    With a ``gate``, it beats only while the gate is set (the controller clears it when it
+    kills the enclave, so the gateways' leases lapse too, and sets it again on resume).
+    """
+
+    def __init__(
+        self,
+        links: Sequence[GatewayLink],
+        settings: HeartbeatSettings,
+        *,
+        gate: asyncio.Event | None = None,
+    ) -> None:
         if not links:
             raise InputError("heartbeat: no gateway to send heartbeats to")
         self.links = tuple(links)
         self.settings = settings
+        self.gate = gate
         self.stats = {link.url: LinkStats(link.url) for link in self.links}
 
     async def beat(self, link: GatewayLink) -> SendResult:
@@ -219,12 +242,22 @@ class Heartbeater:
         interval = self.settings.interval
         next_beat = time.monotonic()
         while not stop.is_set():
+            if self.gate is not None and not self.gate.is_set():
+                await _first(self.gate, stop)
+                next_beat = time.monotonic()
+                continue
             await self.beat(link)
             next_beat += interval
             now = time.monotonic()
             next_beat = max(next_beat, now)  # a beat slower than the interval: go on now
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), next_beat - now)
+
+    def reset(self) -> None:
+        """Forget the misses so far (a resume starts the record afresh)."""
+        for stats in self.stats.values():
+            stats.consecutive_misses = 0
+            stats.last_error = ""
 
     async def run(self, stop: asyncio.Event) -> None:
         """Heartbeat every gateway until ``stop`` is set."""
@@ -237,3 +270,13 @@ class Heartbeater:
         async with asyncio.TaskGroup() as tasks:
             for link in self.links:
                 tasks.create_task(self._run_link(link, stop), name=f"heartbeat {link.url}")
+
+
+async def _first(*events: asyncio.Event) -> None:
+    """Until one of ``events`` is set."""
+    waiters = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()

@@ -194,8 +194,12 @@ class StateMachine:
     def mode(self) -> Mode:
         return self.state.mode
 
-    def begin_kill(self, trigger: Trigger, incident: str) -> bool:
-        """Enter ``killing`` for ``trigger``; False (nothing changes) unless ``serving``."""
+    def begin_kill(self, trigger: Trigger, incident: str | None = None) -> bool:
+        """Enter ``killing`` for ``trigger``; False (nothing changes) unless ``serving``.
+
+        ``incident`` may be named later (:meth:`set_incident`): the controller persists the
+        kill first and opens the incident while the gateways are already denying.
+        """
         if self.state.mode is not Mode.SERVING:
             return False
         self.state.trigger = trigger
@@ -204,6 +208,28 @@ class StateMachine:
         self.state.kills += 1
         self._enter(Mode.KILLING)
         return True
+
+    def abort_resume(self, trigger: Trigger) -> bool:
+        """A kill that arrives mid-resume: ``resuming -> killing`` for ``trigger``.
+
+        The incident stays open (it is the same one); the approvals are void, and ``trigger``
+        is now the kill a resume must be approved for. False (nothing changes) unless
+        ``resuming``.
+        """
+        if self.state.mode is not Mode.RESUMING:
+            return False
+        self.state.trigger = trigger
+        self.state.approvals = []
+        self.state.kills += 1
+        self._enter(Mode.KILLING)
+        return True
+
+    def set_incident(self, incident: str) -> None:
+        """Name the incident of the current kill (once it is open)."""
+        if self.state.mode is Mode.SERVING:
+            raise ConflictError("no kill to attach an incident to")
+        self.state.incident = incident
+        self._save()
 
     def killed(self) -> None:
         if self.state.mode is not Mode.KILLING:
@@ -229,6 +255,25 @@ class StateMachine:
             return ApprovalOutcome.QUORUM
         return ApprovalOutcome.COUNTED
 
+    def expire(self) -> list[Approval]:
+        """Drop the approvals older than ``approval_ttl`` and return them (oldest first)."""
+        now = self._clock()
+        expired = [a for a in self.state.approvals if now - a.at > self.approval_ttl]
+        if expired:
+            self.state.approvals = [a for a in self.state.approvals if a not in expired]
+            self._save()
+        return expired
+
+    def withdraw(self, principal: str) -> bool:
+        """Take back ``principal``'s approval (one that could not be recorded must not count);
+        False when there was none."""
+        kept = [a for a in self.state.approvals if a.principal != principal]
+        if len(kept) == len(self.state.approvals):
+            return False
+        self.state.approvals = kept
+        self._save()
+        return True
+
     def quorum(self) -> bool:
         now = self._clock()
         live = [a for a in self.state.approvals if now - a.at <= self.approval_ttl]
@@ -241,8 +286,7 @@ class StateMachine:
             raise ConflictError(f"cannot resume from {self.state.mode}")
         if not forced and not self.quorum():
             raise ConflictError(
-                f"resume needs {self.required} approval(s); it has "
-                f"{len(self.state.approvals)}"
+                f"resume needs {self.required} approval(s); it has {len(self.state.approvals)}"
             )
         self._enter(Mode.RESUMING)
 

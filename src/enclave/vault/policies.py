@@ -2,10 +2,12 @@
 
 Workload policies (gateway, model servers) have no ``sudo`` and no path wider than their own
 enclave's subtree; every path is exact or a glob under ``enclave-<name>-kv/data/<area>/``. Only
-the gateway and the controller may read the control key (``<kv>/data/control/key``). The
-shutdown controller holds ``sudo`` on exactly the two lease paths it needs to revoke every
-workload token at once (Vault protects those endpoints with ``sudo``), and on ``sys/seal`` only
-when the spec asks for break-glass sealing.
+the gateway and the controller may read the control key (``<kv>/data/control/key``) and the
+API-token records with their HMAC key (the controller reads one record by id, to check who asks
+it for a kill or a resume; it cannot list them). The shutdown controller holds ``sudo`` on
+exactly the two lease paths it needs to revoke every workload token at once (Vault protects
+those endpoints with ``sudo``), and on ``sys/seal`` only when the spec asks for break-glass
+sealing.
 
 The orchestrator policy is what the embedded default's admin token carries: it manages objects
 named ``enclave-*`` and nothing else. Its own name does not match ``enclave-*``, so it cannot
@@ -97,6 +99,9 @@ def controller_rules(paths: EnclavePaths, *, seal: bool) -> list[Rule]:
         Rule(f"sys/leases/lookup/{login}/", ("list", "sudo")),
         Rule(f"sys/leases/revoke-prefix/{login}", ("update", "sudo")),
         Rule(f"{paths.kv}/data/{CONTROL_KEY}", ("read",)),
+        # people's API tokens, to check who asks for a kill or a resume (by id: no list)
+        Rule(f"{paths.kv}/data/{API_TOKENS}/*", ("read",)),
+        Rule(f"{paths.kv}/data/{API_TOKEN_KEY}", ("read",)),
         Rule(f"{paths.transit}/sign/{AUDIT_SIGNER_KEY}", ("update",)),
         Rule(f"{paths.transit}/keys/{AUDIT_SIGNER_KEY}", ("read",)),
         *SELF,

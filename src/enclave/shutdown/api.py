@@ -1,0 +1,240 @@
+"""The controller's API: HTTP on a unix socket only its owner (root) can reach.
+
+::
+
+    POST /kill     {"reason": "..."}   kill the enclave (needs the ``kill`` action)
+    POST /resume                       one approval to resume it (needs ``resume``)
+    GET  /status                       mode, since, trigger, incident, approvals, kills, ...
+
+``/kill`` and ``/resume`` take the caller's enclave API token (``Authorization: Bearer``), which
+the controller checks itself against Vault (:mod:`enclave.shutdown.authority`); every call,
+refused ones too, is written to the controller's audit log. Answers are JSON; a refusal is
+``{"error": {"code", "message"}}`` with:
+
+=====  ======================  ================================================================
+HTTP   code                    meaning
+=====  ======================  ================================================================
+200                            killed (the body lists every step), or resumed
+202                            the approval was counted; more are needed
+400    ``invalid_request``     no reason given for a kill
+401    ``invalid_api_key``     no, a malformed, an unknown, a revoked or an expired token
+403    ``forbidden``           the caller's roles do not grant ``kill`` / ``resume``
+403    ``self_approval``       the caller killed the enclave and may not approve its resume
+409    ``conflict``            a kill while the enclave is already killing or killed
+409    ``replayed_approval``   the caller has already approved this resume
+409    ``not_killed``          a resume approval while the enclave is not killed
+500    ``resume_failed``       the quorum was met but the resume failed: still killed
+503    ``auth_unavailable``    the token could not be checked (Vault sealed or unreachable)
+=====  ======================  ================================================================
+
+The socket is ``<state>/enclaves/<name>/controller/api.sock``, mode 0600 in a 0700 directory;
+the file system is the first gate, the token the second. :class:`ControllerClient` is the
+CLI's side. Unix socket paths are limited to 107 bytes; a longer one is reached through
+``/proc/self/fd/<directory fd>/api.sock``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import time
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import uvicorn
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from enclave.errors import ServiceError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Generator, Iterator
+    from pathlib import Path
+
+    from starlette.requests import Request
+
+    from enclave.shutdown.controller import Controller
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "ControllerClient",
+    "bind",
+    "controller_dir",
+    "create_api",
+    "serve",
+    "socket_path",
+]
+
+SOCKET_NAME = "api.sock"
+MAX_BODY = 4096
+_SUN_PATH_MAX = 107
+"""Bytes a unix socket path may have (``sun_path`` is 108 with its NUL)."""
+
+
+def controller_dir(state_dir: Path, name: str) -> Path:
+    """Where one enclave's controller keeps its state, audit log and socket."""
+    return state_dir / "enclaves" / name / "controller"
+
+
+def socket_path(state_dir: Path, name: str) -> Path:
+    return controller_dir(state_dir, name) / SOCKET_NAME
+
+
+# -- the server ---------------------------------------------------------------------------------
+
+
+def create_api(controller: Controller) -> Starlette:
+    """The ASGI app of ``controller``'s API (thin: the controller decides and records)."""
+
+    async def kill(request: Request) -> JSONResponse:
+        t0 = time.perf_counter()
+        body = await request.body()
+        reason: object = None
+        if len(body) <= MAX_BODY:
+            with contextlib.suppress(ValueError):
+                data = json.loads(body or b"{}")
+                reason = data.get("reason") if isinstance(data, dict) else None
+        status, answer = await controller.request_kill(
+            request.headers.get("authorization"), reason, t0=t0
+        )
+        return JSONResponse(answer, status)
+
+    async def resume(request: Request) -> JSONResponse:
+        status, answer = await controller.request_resume(request.headers.get("authorization"))
+        return JSONResponse(answer, status)
+
+    async def status(_request: Request) -> JSONResponse:
+        return JSONResponse(controller.status())
+
+    return Starlette(
+        routes=[
+            Route("/kill", kill, methods=["POST"]),
+            Route("/resume", resume, methods=["POST"]),
+            Route("/status", status, methods=["GET"]),
+        ]
+    )
+
+
+@contextlib.contextmanager
+def _reachable(path: Path) -> Iterator[str]:
+    """A name for ``path`` short enough for ``sun_path`` (valid inside the block)."""
+    raw = str(path)
+    if len(os.fsencode(raw)) <= _SUN_PATH_MAX:
+        yield raw
+        return
+    fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY)
+    try:
+        yield f"/proc/self/fd/{fd}/{path.name}"
+    finally:
+        os.close(fd)
+
+
+def bind(path: Path) -> socket.socket:
+    """A listening unix socket at ``path``, 0600, in a 0700 directory.
+
+    A socket file left by a controller that died is replaced; the caller makes sure no other
+    controller of the enclave runs (it holds the controller's audit log, which one process at a
+    time may open).
+    """
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.parent.chmod(0o700)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        with _reachable(path) as name:
+            sock.bind(name)
+        path.chmod(0o600)
+        sock.listen(64)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its signal handlers: the controller's entry point owns the signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+async def serve(
+    app: Starlette,
+    sock: socket.socket,
+    stop: asyncio.Event,
+    *,
+    started: Callable[[], None] | None = None,
+) -> None:
+    """Serve ``app`` on ``sock`` until ``stop`` is set; ``started`` once it accepts calls."""
+    config = uvicorn.Config(
+        app,
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+        server_header=False,
+        timeout_graceful_shutdown=10,
+    )
+    server = _Server(config)
+    task = asyncio.ensure_future(server.serve(sockets=[sock]))
+    try:
+        while not server.started and not task.done():
+            await asyncio.sleep(0.01)
+        if task.done():
+            await task  # it failed to start: say why
+        if started is not None:
+            started()
+        await stop.wait()
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+# -- the client ---------------------------------------------------------------------------------
+
+
+class ControllerClient:
+    """Calls one controller's API over its socket (what ``enclave kill|resume`` use)."""
+
+    def __init__(self, path: Path, *, timeout: float = 600.0) -> None:
+        self.path = path
+        self.timeout = timeout
+
+    def call(
+        self, method: str, route: str, *, token: str | None = None, body: Any = None
+    ) -> tuple[int, dict[str, Any]]:
+        """(HTTP status, JSON body); :class:`ServiceError` when nothing answers."""
+        if not self.path.exists():
+            raise ServiceError(
+                f"no shutdown controller answers at {self.path} (is the enclave up?)"
+            )
+        headers = {"authorization": f"Bearer {token}"} if token is not None else {}
+        try:
+            with (
+                _reachable(self.path) as name,
+                httpx.Client(
+                    # plain HTTP on a unix socket: no TLS context (and its CA bundle) to load
+                    transport=httpx.HTTPTransport(uds=name, verify=False),
+                    base_url="http://controller",
+                    timeout=self.timeout,
+                    trust_env=False,
+                ) as client,
+            ):
+                answer = client.request(method, route, json=body, headers=headers)
+        except httpx.HTTPError as exc:
+            raise ServiceError(
+                f"the shutdown controller at {self.path} did not answer ({type(exc).__name__})"
+            ) from None
+        try:
+            data = answer.json()
+        except ValueError:
+            data = {}
+        return answer.status_code, data if isinstance(data, dict) else {}

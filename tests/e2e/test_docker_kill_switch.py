@@ -1,0 +1,182 @@
+"""The kill switch on the real Docker engine: ``enclave up``, ``enclave kill``, two resumes.
+
+One enclave is brought up with the real CLI (the example spec: alice an analyst, bob, carol and
+dan safety officers; the embedded OpenBao under the test's own state directory), and the people
+act through the CLI with their own API tokens, the way they would:
+
+- ``enclave kill`` by bob: the gateway denies at once, the model container is SIGKILLed (and
+  stays down, whatever its restart policy) and taken off every network, the gateway is taken
+  off the internal network, the gateway's Vault token is revoked; the incident is open;
+- ``enclave resume`` by bob (who killed it) is refused; carol's counts; dan's completes the
+  quorum, and the controller restarts the workload (fresh containers and credentials) and gives
+  the gateway its lease back: the enclave serves again, the incident is closed.
+
+Everything the enclave created is removed when the test ends (``enclave down``, then by id).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from enclave.audit import verify_log
+from enclave.audit.incidents import IncidentStatus, load_incident
+from enclave.shutdown.api import controller_dir
+from support import service_missing
+from support.enclave_up import (
+    UP_TIMEOUT,
+    containers,
+    free_port,
+    issue,
+    remove_everything,
+    run_enclave,
+    state_dir,
+    write_spec,
+)
+
+pytestmark = [pytest.mark.docker, pytest.mark.vault, pytest.mark.slow]
+
+TEST_TIMEOUT = UP_TIMEOUT + 600
+Json = dict[str, Any]
+
+
+@dataclass
+class Site:
+    name: str
+    root: Path
+    state: Path
+    spec: Path
+    url: str
+    tokens: dict[str, Path]
+
+    def run(self, *args: str, timeout: float = 300) -> Any:
+        return run_enclave(self.state, *args, timeout=timeout)
+
+
+@pytest.fixture
+def site(tmp_path: Path, docker_client: Any, base_image: str) -> Iterator[Site]:
+    del base_image  # built (or found) once; `up` reuses it through the shared cache
+    if os.geteuid() != 0:
+        service_missing("enclave up needs root (host firewall rules, network namespaces)")
+    name = f"ks{secrets.token_hex(3)}"
+    state = state_dir(tmp_path)
+    spec = write_spec(tmp_path, name, free_port())
+    try:
+        done = run_enclave(state, "up", str(spec), "--json", timeout=UP_TIMEOUT)
+        assert done.returncode == 0, f"enclave up exited {done.returncode}: {done.stderr[-3000:]}"
+        tokens = {}
+        for who in ("alice", "bob", "carol", "dan"):
+            path = tmp_path / f"{who}.token"
+            path.write_text(issue(state, spec, who))
+            path.chmod(0o600)
+            tokens[who] = path
+        yield Site(name, tmp_path, state, spec, json.loads(done.stdout)["url"], tokens)
+    finally:
+        down = run_enclave(state, "down", name, "--json", timeout=300)
+        problems = remove_everything(docker_client, state, name)
+        assert down.returncode == 0, down.stderr
+        assert not problems, problems
+
+
+def chat(site: Site) -> httpx.Response:
+    return httpx.post(
+        f"{site.url}/v1/chat/completions",
+        json={
+            "model": "assistant",
+            "max_tokens": 4,
+            "messages": [{"role": "user", "content": "Hi"}],
+        },
+        headers={
+            "authorization": f"Bearer {site.tokens['alice'].read_text().strip()}",
+            "x-enclave-purpose": "translation",
+        },
+        timeout=30,
+        trust_env=False,
+    )
+
+
+def health(site: Site) -> int:
+    return httpx.get(f"{site.url}/healthz", timeout=10, trust_env=False).status_code
+
+
+def networks_of(container: Any) -> set[str]:
+    container.reload()
+    return set((container.attrs["NetworkSettings"]["Networks"] or {}).keys())
+
+
+@pytest.mark.timeout(TEST_TIMEOUT)
+def test_kill_and_two_person_resume_on_the_docker_engine(site: Site, docker_client: Any) -> None:
+    assert chat(site).status_code == 200
+    gateway_name = f"enclave-{site.name}-gateway"
+    model_name = f"enclave-{site.name}-model-assistant"
+    internal = f"enclave-{site.name}-internal"
+    found = containers(docker_client, site.name)
+    assert internal in networks_of(found[gateway_name])
+    assert internal in networks_of(found[model_name])
+
+    killed = site.run(
+        "kill", site.name, "--reason", "e2e drill", "--token-file", str(site.tokens["bob"]),
+        "--json",
+    )  # fmt: skip
+    assert killed.returncode == 0, killed.stderr
+    report: Json = json.loads(killed.stdout)
+    steps = {s["step"]: s for s in report["steps"]}
+    assert all(s["ok"] for s in report["steps"]), report
+    assert (
+        "1 of 1 model container(s) killed (SIGKILL)" in steps["model containers stopped"]["detail"]
+    )
+    assert steps["model containers stopped"]["offset"] < 2.0
+    assert steps["vault tokens revoked"]["offset"] < 2.0
+
+    assert health(site) == 503
+    refused = chat(site)
+    assert refused.status_code == 503 and refused.json()["error"]["code"] == "enclave_shutdown"
+    time.sleep(2)  # a restart policy would have brought it back by now
+    found = containers(docker_client, site.name)
+    model = found[model_name]
+    model.reload()
+    assert model.status == "exited" and model.attrs["RestartCount"] == 0
+    assert networks_of(model) == set()
+    gateway = found[gateway_name]
+    assert internal not in networks_of(gateway)
+    assert gateway.status == "running"  # it answers 503 to everyone
+
+    status = site.run("controller", "status", site.name, "--json")
+    assert status.returncode == 0, status.stderr
+    state: Json = json.loads(status.stdout)
+    assert state["mode"] == "killed" and state["trigger"]["principal"] == "bob"
+
+    refused_resume = site.run("resume", site.name, "--token-file", str(site.tokens["bob"]))
+    assert refused_resume.returncode == 2 and "self_approval" in refused_resume.stderr
+    first = site.run("resume", site.name, "--token-file", str(site.tokens["carol"]))
+    assert first.returncode == 0 and "1 of 2 (carol)" in first.stdout, first.stderr
+    assert health(site) == 503
+    begun = time.monotonic()
+    second = site.run("resume", site.name, "--token-file", str(site.tokens["dan"]), timeout=600)
+    resumed_after = time.monotonic() - begun
+    assert second.returncode == 0, second.stderr
+    assert "resumed (approved by carol, dan" in second.stdout
+    print(f"\nkill steps: {[(s['step'], round(s['offset'] * 1000, 1)) for s in report['steps']]}")
+    print(f"resume (restart + lease + healthy): {resumed_after:.1f} s")
+
+    assert health(site) == 200
+    assert chat(site).status_code == 200
+    found = containers(docker_client, site.name)
+    assert {c.status for c in found.values()} == {"running"}
+    assert internal in networks_of(found[gateway_name])
+    assert internal in networks_of(found[model_name])
+
+    audit = controller_dir(site.state, site.name) / "audit"
+    assert verify_log(audit).intact
+    incident = load_incident(audit, report["incident"])
+    assert incident.status is IncidentStatus.RESOLVED
+    assert [e.result.value for e in incident.actions if e.result] == ["ok"] * 4
