@@ -42,7 +42,7 @@ from enclave.backends.desired import (
 )
 from enclave.backends.docker import DockerBackend, http_json
 from enclave.backends.runtimes import BuiltinWeights
-from enclave.errors import EnclaveError, InputError, IntegrityError
+from enclave.errors import ConflictError, EnclaveError, InputError, IntegrityError
 from enclave.images.service import ensure_service_images
 from enclave.plan import Action, Created, Done, execute, plan_down, plan_up, roll_back
 from enclave.vault.client import VaultConnection
@@ -123,6 +123,26 @@ def check_supported(loaded: LoadedSpec) -> None:
         raise InputError(
             f"enclave {loaded.name}: the Docker backend runs one gateway "
             f"(spec.gateway.replicas is {spec.gateway.replicas})"
+        )
+
+
+def refuse_if_killed(name: str, state_dir: Path) -> None:
+    """``up`` never brings back a killed enclave: only the resume quorum does.
+
+    ``down`` keeps the controller's state, so ``down`` + ``up`` cannot bypass the two-person
+    resume; a kill's record is read as killed even when the file is damaged.
+    """
+    path = enclave_dir(state_dir, name) / "controller" / "state.json"
+    try:
+        mode = json.loads(path.read_text(encoding="utf-8")).get("mode")
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError, AttributeError):
+        mode = "unreadable"
+    if mode != "serving":
+        raise ConflictError(
+            f"enclave {name} is {mode} by its kill switch ({path}); it serves again only "
+            f"through 'enclave resume {name}' with the required approvals"
         )
 
 
@@ -246,6 +266,7 @@ def up(
         return value
 
     check_supported(loaded)
+    refuse_if_killed(loaded.name, state_dir)
     timed("verify weights", lambda: verify_weights(loaded))
     vault = EmbeddedVault(state_dir)
     admin = timed("start Vault", vault.admin_client)
@@ -267,6 +288,7 @@ def up(
                 ),
             )
             result.images = dict(images)
+            _write_images(state_dir, loaded.name, images)
             paths = timed("host directories", lambda: prepare_host(loaded, state_dir, vault))
             desired = desired_state(loaded, images=images, paths=paths, builtin=builtin)
             observed = backend.observe(loaded.name)
@@ -314,6 +336,24 @@ def _gateway_material(admin: Any, loaded: LoadedSpec, container: ContainerSpec) 
         raise InputError(f"{container.name} takes no Vault bootstrap material")
     found = bootstrap(admin, loaded, "gateway", VaultConnection(VAULT_SOCKET))
     return json.dumps(found.as_dict()).encode() + b"\n"
+
+
+def _write_images(state_dir: Path, name: str, images: dict[str, str]) -> None:
+    """The image tags this enclave runs, so a resume reuses them instead of rebuilding."""
+    path = enclave_dir(state_dir, name) / "images.json"
+    path.write_text(json.dumps(images, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _read_images(client: DockerClient, state_dir: Path, name: str) -> dict[str, str] | None:
+    """The tags ``up`` recorded, when every one of them is still on the engine."""
+    try:
+        images = json.loads((enclave_dir(state_dir, name) / "images.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(images, dict) or not all(isinstance(v, str) for v in images.values()):
+        return None
+    found = DockerBackend(client).images_present(list(images.values()))
+    return {str(k): str(v) for k, v in images.items()} if found else None
 
 
 def _controller_material(admin: Any, loaded: LoadedSpec, vault: EmbeddedVault) -> bytes:
@@ -437,7 +477,9 @@ def restart_workload(
     admin = vault.admin_client()
     try:
         provision(admin, loaded)  # idempotent: recreates anything a kill's seal-and-restore lost
-        images = ensure_service_images(client, cache_dir=state_dir / "cache")
+        images = _read_images(client, state_dir, loaded.name) or ensure_service_images(
+            client, cache_dir=state_dir / "cache"
+        )
         reference = state_dir / "cache" / "reference-weights.json"
         builtin = (
             BuiltinWeights(str(reference), weights_digest(reference))

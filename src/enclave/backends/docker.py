@@ -224,6 +224,16 @@ class DockerBackend:
                 )
             time.sleep(0.1)
 
+    def images_present(self, tags: Sequence[str]) -> bool:
+        """Whether every one of ``tags`` is on the engine (never pulls)."""
+        with _translated("look up images"):
+            for tag in tags:
+                try:
+                    self.client.images.get(tag)
+                except docker.errors.ImageNotFound:
+                    return False
+        return True
+
     def logs(self, name: str, lines: int = 20) -> str:
         with _translated(f"read the logs of {name}"):
             found = self.client.containers.get(name)
