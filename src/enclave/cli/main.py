@@ -16,6 +16,7 @@ from typing import Annotated, NoReturn
 import typer
 
 from enclave._version import __version__
+from enclave.cli import check as check_cmd
 from enclave.cli import controller as controller_cmd
 from enclave.cli import enclaves as enclaves_cmd
 from enclave.cli import gateway as gateway_cmd
@@ -58,6 +59,7 @@ app.command("up")(enclaves_cmd.up)
 app.command("down")(enclaves_cmd.down)
 app.command("status")(enclaves_cmd.status)
 app.command("list")(enclaves_cmd.list_enclaves)
+app.command("check")(check_cmd.check)
 app.add_typer(audit_app, name="audit")
 app.add_typer(incident_app, name="incident")
 app.add_typer(vault_app, name="vault")

@@ -1,0 +1,89 @@
+"""``enclave check``: run the compliance baseline against a running enclave."""
+
+from __future__ import annotations
+
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from enclave.cli.console import err, out
+from enclave.cli.context import state_dir
+from enclave.compliance.model import Severity
+from enclave.compliance.report import render_table, to_json
+from enclave.compliance.runner import CheckSettings, check_enclave, sign_waivers
+from enclave.errors import EnclaveError, ServiceError
+
+EXIT_FAILED = EnclaveError.exit_code
+"""A check at or above --fail-on failed (1)."""
+EXIT_UNVERIFIED = ServiceError.exit_code
+"""A check at or above --fail-on could not be judged (5): Docker, Vault or a log unreachable."""
+
+
+class Format(StrEnum):
+    TABLE = "table"
+    JSON = "json"
+
+
+class FailOn(StrEnum):
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+    CRITICAL = "critical"
+    NEVER = "never"
+
+
+def check(
+    name: Annotated[str, typer.Argument(help="The enclave's name (metadata.name).")],
+    spec: Annotated[
+        Path | None,
+        typer.Option("--spec", help="The spec under review (default: the one the gateway runs)."),
+    ] = None,
+    baseline: Annotated[
+        Path | None,
+        typer.Option(
+            "--baseline",
+            help="Baseline directory or file (default: spec.compliance.baseline if it exists, "
+            "else the baseline shipped with enclave).",
+        ),
+    ] = None,
+    fmt: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.TABLE,
+    fail_on: Annotated[
+        FailOn,
+        typer.Option("--fail-on", help="Lowest severity whose failure makes the exit non-zero."),
+    ] = FailOn.LOW,
+    sign: Annotated[
+        bool,
+        typer.Option(
+            "--sign-waivers",
+            help="First sign the unsigned waivers in <state>/enclaves/NAME/waivers.yaml with "
+            "the enclave's control key (needs the Vault admin).",
+        ),
+    ] = False,
+) -> None:
+    """Check the enclave against the hardening baseline; every result carries its evidence.
+
+    Collects facts once (Docker, host firewall, host, Vault, spec, gateway, audit logs) and
+    judges every check: pass, fail, error (could not be judged: never a pass), not-applicable,
+    or waived (a failure under a valid signed waiver; always shown). Exit 0 when nothing at or
+    above --fail-on failed; 1 when a check failed; 5 when a check could not be judged (takes
+    precedence over 1); 2 for a bad spec, baseline or waivers file.
+    """
+    settings = CheckSettings(name, state_dir(), spec=spec, baseline=baseline)
+    if sign:
+        signed = sign_waivers(settings)
+        err().print(f"signed {len(signed)} waiver(s): {', '.join(signed) or '-'}", markup=False)
+    report = check_enclave(settings)
+    if fmt is Format.JSON:
+        sys.stdout.write(to_json(report))
+    else:
+        render_table(report, out())
+    if fail_on is FailOn.NEVER:
+        return
+    threshold = Severity(fail_on.value)
+    if report.erroring(threshold):
+        raise typer.Exit(EXIT_UNVERIFIED)
+    if report.failing(threshold):
+        raise typer.Exit(EXIT_FAILED)
