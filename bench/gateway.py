@@ -73,7 +73,7 @@ TTFT_RATE = 50.0
 TTFT_SECONDS = 4.0
 OVERLOAD_SECONDS = 5.0
 START_TIMEOUT = 30.0
-OPEN_CONNECTIONS = 2048
+OPEN_CONNECTIONS = 512
 """Open loop: connections the generator may hold (no request waits for one: many clients)."""
 CHAT = "/v1/chat/completions"
 PROMPTS = (
@@ -505,7 +505,7 @@ def _measure(pool: ProcessPoolExecutor, urls: dict[str, str], headers: dict[str,
     out.capacity = _best(out.throughput["gateway"])
     out.offered = 2 * out.capacity
     out.overload = run(
-        Job(urls["gateway"], headers, False, OVERLOAD_SECONDS, 0.0, rate=out.offered)
+        Job(urls["gateway"], headers, False, OVERLOAD_SECONDS, WARMUP_SECONDS, rate=out.offered)
     )
 
 

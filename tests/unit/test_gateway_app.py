@@ -284,6 +284,27 @@ def test_overload_is_shed_with_retry_after(env: Env) -> None:
     assert len([r for r in env.records() if r.action == "gateway.shed"]) == 1
 
 
+def test_a_late_event_loop_sheds_at_the_door(tmp_path: Path, model: NgramModel) -> None:
+    settings = GatewaySettings(max_loop_lag=0.05, background=False)
+    app, made = make_env(tmp_path, model, settings=settings)
+    gateway = app.state.gateway
+    before = made.upstream_requests
+    with made.client:
+        gateway.loop_lag = 0.2  # what watch_loop measures when the loop runs 200 ms late
+        shed = made.chat()
+        models = made.client.get("/v1/models", headers=bearer(made.token("alice")))
+        gateway.loop_lag = 0.0
+        served = made.chat()
+    made.log.close()
+    assert (shed.status_code, error_code(shed)) == (503, "overloaded")
+    assert shed.headers["retry-after"] == "1"
+    assert models.status_code == 200  # only the model endpoints are shed at the door
+    assert served.status_code == 200
+    assert made.upstream_requests == before + 1
+    shed_records = [r for r in made.records() if r.action == "gateway.shed"]
+    assert [(r.details or {}).get("requests") for r in shed_records] == [{"chat": 1}]
+
+
 # --- output screening -----------------------------------------------------------------------
 
 

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -66,6 +67,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Mapping
 
     from starlette.requests import Request
+    from starlette.types import ASGIApp, Receive, Scope, Send
 
     from enclave.audit.writer import AuditReceipt
     from enclave.gateway.approvals import Approval
@@ -100,6 +102,11 @@ class GatewaySettings:
     max_in_flight: int = 64
     """Requests served at once; more are refused ``503 overloaded`` at once, never queued.
     Small on purpose: admitted requests keep a bounded latency instead of queueing for seconds."""
+    max_loop_lag: float | None = None
+    """Seconds the event loop may run late before new requests are shed at the door (None:
+    never on lag). Under overload the backlog is in the loop (every accepted request is a
+    task), and admitting more while it is late only makes every admitted request slower;
+    ``enclave gateway serve`` sets 0.05."""
     retry_after: float = 1.0
     """``Retry-After`` (seconds) sent with ``503 overloaded``."""
     max_connections: int = 32
@@ -152,6 +159,25 @@ class _Gateway:
         self.metrics = metrics
         self.in_flight = 0
         self.shed_counts: dict[str, int] = {}
+        self.loop_lag = 0.0
+        shed = Failure(
+            503,
+            "overloaded",
+            f"the gateway is at capacity ({settings.max_in_flight} requests); retry shortly",
+            retry_after=settings.retry_after,
+        )
+        self._shed_body = json.dumps(shed.body()).encode()
+        self._shed_headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(self._shed_body)).encode()),
+            *((k.encode(), v.encode()) for k, v in shed.headers().items()),
+        ]
+        self._shed_http = (
+            b"HTTP/1.1 503 Service Unavailable\r\n"
+            + b"".join(name + b": " + value + b"\r\n" for name, value in self._shed_headers)
+            + b"\r\n"
+            + self._shed_body
+        )
         """Requests refused ``503 overloaded`` since the last ``gateway.shed`` record."""
         self.audit_error: str | None = None
         self.control = (
@@ -241,6 +267,34 @@ class _Gateway:
             if size > limit:
                 break
         return b"".join(chunks)
+
+    def overloaded(self) -> bool:
+        lag = self.settings.max_loop_lag
+        return self.in_flight >= self.settings.max_in_flight or (
+            lag is not None and self.loop_lag > lag
+        )
+
+    async def watch_loop(self, interval: float = 0.005) -> None:
+        """Keep :attr:`loop_lag`: how late the event loop wakes a sleeper (decays quickly)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            before = loop.time()
+            await asyncio.sleep(interval)
+            late = loop.time() - before - interval
+            self.loop_lag = max(late, self.loop_lag * 0.5)
+
+    def shed_response(self, endpoint: Endpoint) -> bytes:
+        """Count one refusal at the protocol's door; the whole HTTP response to write."""
+        self.metrics.requests.labels(endpoint.value, "shed", "overloaded").inc()
+        self.shed_counts[endpoint.value] = self.shed_counts.get(endpoint.value, 0) + 1
+        return self._shed_http
+
+    async def shed_at_door(self, endpoint: Endpoint, send: Send) -> None:
+        """The cheapest possible ``503 overloaded``: no request object, no routing."""
+        self.metrics.requests.labels(endpoint.value, "shed", "overloaded").inc()
+        self.shed_counts[endpoint.value] = self.shed_counts.get(endpoint.value, 0) + 1
+        await send({"type": "http.response.start", "status": 503, "headers": self._shed_headers})
+        await send({"type": "http.response.body", "body": self._shed_body})
 
     def shed(self, endpoint: Endpoint) -> Response:
         self.metrics.requests.labels(endpoint.value, "shed", "overloaded").inc()
@@ -757,6 +811,25 @@ async def _http_error(_request: Request, exc: Exception) -> Response:
     return JSONResponse(body, status)
 
 
+_DOOR = {endpoint.path: endpoint for endpoint in Endpoint if endpoint is not Endpoint.MODELS}
+
+
+class _Door:
+    """Pure ASGI, ahead of Starlette: sheds API requests while the gateway is overloaded."""
+
+    def __init__(self, app: ASGIApp, gateway: _Gateway) -> None:
+        self.app = app
+        self.gateway = gateway
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.gateway.overloaded():
+            endpoint = _DOOR.get(scope["path"])
+            if endpoint is not None:
+                await self.gateway.shed_at_door(endpoint, send)
+                return
+        await self.app(scope, receive, send)
+
+
 async def _stop(task: asyncio.Task[None]) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -798,6 +871,11 @@ def create_app(
                 await stack.enter_async_context(pipeline.tokens)
                 for job, name in (
                     (pipeline.state.watch(), "enclave-lease"),
+                    *(
+                        [(gateway.watch_loop(), "enclave-loop-lag")]
+                        if settings.max_loop_lag is not None
+                        else []
+                    ),
                     (gateway.account_shed(settings.shed_record_interval), "enclave-shed"),
                 ):
                     stack.push_async_callback(_stop, asyncio.create_task(job, name=name))
@@ -824,7 +902,10 @@ def create_app(
         Route("/openapi.json", gateway.openapi, methods=["GET"]),
     ]
     app = Starlette(
-        routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error}
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={HTTPException: _http_error},
+        middleware=[Middleware(_Door, gateway=gateway)],
     )
     app.state.gateway = gateway
     app.state.metrics = gateway.metrics
