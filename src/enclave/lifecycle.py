@@ -341,6 +341,7 @@ def _gateway_material(admin: Any, loaded: LoadedSpec, container: ContainerSpec) 
 def _write_images(state_dir: Path, name: str, images: dict[str, str]) -> None:
     """The image tags this enclave runs, so a resume reuses them instead of rebuilding."""
     path = enclave_dir(state_dir, name) / "images.json"
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     path.write_text(json.dumps(images, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
