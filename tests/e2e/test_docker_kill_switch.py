@@ -180,3 +180,37 @@ def test_kill_and_two_person_resume_on_the_docker_engine(site: Site, docker_clie
     incident = load_incident(audit, report["incident"])
     assert incident.status is IncidentStatus.RESOLVED
     assert [e.result.value for e in incident.actions if e.result] == ["ok"] * 4
+
+
+@pytest.mark.timeout(TEST_TIMEOUT)
+def test_a_drill_under_load_measures_and_records_the_kill(site: Site) -> None:
+    done = site.run(
+        "drill", site.name,
+        "--token-file", str(site.tokens["bob"]),
+        "--load-token-file", str(site.tokens["alice"]),
+        "--json",
+    )  # fmt: skip
+    assert done.returncode in (0, 1), done.stderr
+    result = json.loads(done.stdout)
+    assert result["resumed"] is True
+    assert done.returncode == (0 if result["passed"] else 1)
+    latencies = result["latencies_ms"]
+    for key in ("gateways_denying", "models_stopped", "vault_revoked", "resume", "client_deny"):
+        assert latencies[key] > 0, key
+    assert result["load"]["requests"] > 0
+    assert result["load"]["served_after_kill"] == 0  # nothing served once killed
+    assert health(site) == 200 and chat(site).status_code == 200  # serving again
+    log = controller_dir(site.state, site.name) / "audit"
+    assert verify_log(log).intact
+    records = [
+        json.loads(line)
+        for path in sorted(log.glob("*.jsonl"))
+        for line in path.read_text().splitlines()
+    ]
+    drills = [r for r in records if r.get("action") == "drill.result"]
+    assert len(drills) == 1 and drills[0]["details"]["passed"] is result["passed"]
+    # a drill's finish never resumes a real kill
+    kill = site.run("kill", site.name, "--reason", "real", "--token-file", str(site.tokens["bob"]))
+    assert kill.returncode == 0, kill.stderr
+    refused = site.run("drill", site.name, "--token-file", str(site.tokens["bob"]), "--json")
+    assert refused.returncode == 3 and "already killed" in refused.stderr

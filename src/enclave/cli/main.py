@@ -73,6 +73,7 @@ app.command("approve")(gateway_cmd.approve)
 app.command("deny")(gateway_cmd.deny)
 app.command("kill")(controller_cmd.kill)
 app.command("resume")(controller_cmd.resume)
+app.command("drill")(controller_cmd.drill)
 
 
 def _version(value: bool) -> None:

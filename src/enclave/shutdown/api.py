@@ -5,6 +5,8 @@
     POST /kill     {"reason": "..."}   kill the enclave (needs the ``kill`` action)
     POST /resume                       one approval to resume it (needs ``resume``)
     GET  /status                       mode, since, trigger, incident, approvals, kills, ...
+    POST /drill    {"phase": "kill"}   a drill's kill (needs ``kill``); then
+                   {"phase": "finish", "client_ms": {...}}  its resume and ``drill.result``
 
 ``/kill`` and ``/resume`` take the caller's enclave API token (``Authorization: Bearer``), which
 the controller checks itself against Vault (:mod:`enclave.shutdown.authority`); every call,
@@ -112,11 +114,26 @@ def create_api(controller: Controller) -> Starlette:
     async def status(_request: Request) -> JSONResponse:
         return JSONResponse(controller.status())
 
+    async def drill(request: Request) -> JSONResponse:
+        t0 = time.perf_counter()
+        body = await request.body()
+        data: object = {}
+        if len(body) <= MAX_BODY:
+            with contextlib.suppress(ValueError):
+                data = json.loads(body or b"{}")
+        status, answer = await controller.request_drill(
+            request.headers.get("authorization"),
+            data if isinstance(data, dict) else {},
+            t0=t0,
+        )
+        return JSONResponse(answer, status)
+
     return Starlette(
         routes=[
             Route("/kill", kill, methods=["POST"]),
             Route("/resume", resume, methods=["POST"]),
             Route("/status", status, methods=["GET"]),
+            Route("/drill", drill, methods=["POST"]),
         ]
     )
 

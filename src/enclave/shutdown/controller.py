@@ -60,6 +60,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Self, TypeVar
@@ -178,6 +179,25 @@ class ResumeOutcome:
             "incident": self.incident,
             "seconds": self.seconds,
         }
+
+
+DRILL_TARGETS_MS: dict[str, float] = {
+    "gateways_denying": 100.0,
+    "client_deny": 100.0,
+    "client_stream_cut": 250.0,
+    "models_stopped": 2000.0,
+    "vault_revoked": 1000.0,
+}
+"""The issue's targets for a drill's latencies (ms from the trigger); a drill passes when
+every one it measured is met (the client's only when the drill ran load)."""
+
+_DRILL_STEPS = {
+    Step.DENY: "gateways_denying",
+    Step.STOP_MODELS: "models_stopped",
+    Step.DETACH: "networks_detached",
+    Step.REVOKE: "vault_revoked",
+    Step.SEAL: "vault_sealed",
+}
 
 
 class _ResumeError(EnclaveError):
@@ -758,6 +778,105 @@ class Controller:
             body["error"] = {"code": "resume_failed", "message": result.error}
             return 500, body
         return (200 if result.resumed else 202), body
+
+    async def request_drill(
+        self, header: str | None, body: Mapping[str, Any], *, t0: float
+    ) -> tuple[int, dict[str, Any]]:
+        """``POST /drill``: a kill drill in two phases, by a principal holding ``kill``.
+
+        ``{"phase": "kill"}`` kills the enclave with a ``drill`` trigger (every step as in a
+        real kill). ``{"phase": "finish", "client_ms": {...}}`` resumes *that* kill without
+        the quorum (only a drill's own kill; a real kill during a drill still needs it), and
+        writes one ``drill.result`` record: every latency, its target, and whether all were
+        met. A client that never finishes leaves the enclave killed: fail safe.
+        """
+        caller = await self.authenticate(header)
+        if isinstance(caller, Refusal):
+            return await self._refuse("shutdown.drill", caller)
+        refusal = Authenticator.authorize(caller, Action.KILL)
+        if refusal is not None:
+            return await self._refuse("shutdown.drill", refusal)
+        phase = body.get("phase")
+        if phase == "kill":
+            return await self._drill_kill(caller, t0)
+        if phase == "finish":
+            client = body.get("client_ms")
+            return await self._drill_finish(caller, client if isinstance(client, dict) else {})
+        return await self._refuse(
+            "shutdown.drill",
+            Refusal(400, "invalid_request", 'phase must be "kill" or "finish"',
+                    caller.principal, caller.token_id),
+        )  # fmt: skip
+
+    async def _drill_kill(self, caller: Caller, t0: float) -> tuple[int, dict[str, Any]]:
+        trigger = Trigger(TriggerKind.DRILL, "kill switch drill", caller.principal)
+        outcome = await self.kill(trigger, t0=t0, details={"token_id": caller.token_id})
+        if not outcome.accepted:
+            return await self._refuse(
+                "shutdown.drill",
+                Refusal(409, "conflict", f"enclave {self.enclave} is already "
+                        f"{outcome.mode.value}", caller.principal, caller.token_id),
+            )  # fmt: skip
+        return 200, outcome.as_dict()
+
+    async def _drill_finish(
+        self, caller: Caller, client: Mapping[str, Any]
+    ) -> tuple[int, dict[str, Any]]:
+        async with self._lock:
+            trigger = self.machine.state.trigger
+            if (
+                self.machine.mode is not Mode.KILLED
+                or trigger is None
+                or (trigger.kind is not TriggerKind.DRILL)
+            ):
+                return await self._refuse(
+                    "shutdown.drill",
+                    Refusal(409, "not_drill", "only a drill's own kill ends with its finish; "
+                            "this one needs the resume quorum", caller.principal,
+                            caller.token_id),
+                )  # fmt: skip
+            self.machine.begin_resume(forced=True)
+            task = self._spawn(self._resume([f"drill:{caller.principal}"]))
+        resumed = await asyncio.shield(task)
+        return 200, await self._drill_result(caller, resumed, client)
+
+    async def _drill_result(
+        self, caller: Caller, resumed: ResumeOutcome, client: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        latencies: dict[str, float] = {}
+        kill = self.last_kill
+        for step in kill.steps if kill is not None else ():
+            if step.ok:
+                latencies[_DRILL_STEPS.get(step.step, step.step.name.lower())] = round(
+                    step.offset * 1000, 3
+                )
+        for name, value in client.items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                latencies[f"client_{name}"] = round(float(value), 3)
+        if resumed.seconds is not None:
+            latencies["resume"] = round(resumed.seconds * 1000, 3)
+        met = {
+            name: latencies.get(name, math.inf) <= target
+            for name, target in DRILL_TARGETS_MS.items()
+            if name in latencies or not name.startswith("client_")
+        }
+        passed = resumed.resumed and all(met.values())
+        details = {
+            "passed": passed,
+            "latencies_ms": latencies,
+            "targets_ms": DRILL_TARGETS_MS,
+            "met": met,
+            "incident": resumed.incident,
+            "resumed": resumed.resumed,
+        }
+        seq = await self._record_quietly(
+            "drill.result",
+            decision=Decision.ALLOW if passed else Decision.DENY,
+            reason="passed" if passed else "failed",
+            principal=caller.principal,
+            details=details,
+        )
+        return {**details, "audit_seq": seq}
 
     def _approval_message(self, caller: Caller, result: ResumeOutcome) -> str:
         if result.outcome is ApprovalOutcome.TRIGGERER:
