@@ -36,6 +36,7 @@ from support.enclave_up import (
     issue,
     run_enclave,
     state_dir,
+    wait_token_known,
     write_spec,
 )
 
@@ -121,6 +122,7 @@ def enclave(
         assert done.returncode == 0, f"enclave up exited {done.returncode}: {done.stderr[-3000:]}"
         up = Up(name, spec, state, json.loads(done.stdout)["url"])
         token = issue(state, spec, "alice")
+        wait_token_known(up.url, token)
         for text in ("Translate into French: good morning.", "Translate: thank you."):
             answer = httpx.post(
                 f"{up.url}/v1/chat/completions",

@@ -40,6 +40,7 @@ from support.enclave_up import (
     remove_everything,
     run_enclave,
     state_dir,
+    wait_token_known,
     write_spec,
 )
 
@@ -79,7 +80,9 @@ def site(tmp_path: Path, docker_client: Any, base_image: str) -> Iterator[Site]:
             path.write_text(issue(state, spec, who))
             path.chmod(0o600)
             tokens[who] = path
-        yield Site(name, tmp_path, state, spec, json.loads(done.stdout)["url"], tokens)
+        url = json.loads(done.stdout)["url"]
+        wait_token_known(url, tokens["alice"].read_text())  # the gateway's cache: ~0.5 s
+        yield Site(name, tmp_path, state, spec, url, tokens)
     finally:
         down = run_enclave(state, "down", name, "--json", timeout=300)
         problems = remove_everything(docker_client, state, name)
