@@ -8,6 +8,7 @@ from bench import (
     gateway,
     hot_paths,
     images,
+    shutdown,
     spec_load,
     vault_provision,
     vault_revoke,
@@ -15,7 +16,16 @@ from bench import (
 
 
 def main() -> None:
-    for bench in (spec_load, audit_log, vault_provision, vault_revoke, images, hot_paths, gateway):
+    for bench in (
+        spec_load,
+        audit_log,
+        vault_provision,
+        vault_revoke,
+        images,
+        hot_paths,
+        gateway,
+        shutdown,
+    ):
         bench.main()
         print()
     # bench.images above already built the base from nothing when asked to: not twice
