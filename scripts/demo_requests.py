@@ -475,6 +475,9 @@ def run_running(spec: Path, state: Path) -> int:
     try:
         alice = api_token(admin, loaded, "alice", work / "alice.token")
         carol = api_token(admin, loaded, "carol", work / "carol.token")
+        officers = {
+            who: api_token(admin, loaded, who, work / f"{who}.token") for who in ("bob", "dan")
+        }
     finally:
         admin.adapter.close()
     url = f"http://{loaded.spec.gateway.listen}"
@@ -500,7 +503,27 @@ def run_running(spec: Path, state: Path) -> int:
     print(verify.stdout.rstrip() or verify.stderr.rstrip(), flush=True)
     if verify.returncode != 0:
         raise DemoError(f"enclave audit verify exited {verify.returncode}")
+    kill_and_resume(loaded.name, state, officers["bob"], carol, officers["dan"])
     return 0
+
+
+def kill_and_resume(name: str, state: Path, killer: Path, first: Path, second: Path) -> None:
+    """The kill switch: bob kills; carol and dan (two other people) approve the resume."""
+    cli = [*enclave_argv(), "--state-dir", str(state)]
+    steps = [
+        ("kill", [name, "--reason", "demo: the kill switch", "--token-file", str(killer)]),
+        ("resume", [name, "--token-file", str(first)]),
+        ("resume", [name, "--token-file", str(second)]),
+    ]
+    for command, args in steps:
+        done = subprocess.run(
+            [*cli, command, *args], capture_output=True, text=True, timeout=300, check=False
+        )
+        shown = " ".join(a if not a.endswith(".token") else Path(a).name for a in args)
+        print(f"$ enclave {command} {shown}")
+        print(done.stdout.rstrip() or done.stderr.rstrip(), flush=True)
+        if done.returncode != 0:
+            raise DemoError(f"enclave {command} exited {done.returncode}")
 
 
 def main(argv: list[str]) -> int:
