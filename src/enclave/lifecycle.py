@@ -266,7 +266,7 @@ def up(
         return value
 
     check_supported(loaded)
-    refuse_if_killed(loaded.name, state_dir)
+    _refuse_if_killed_keep_controller(loaded, client, state_dir)
     timed("verify weights", lambda: verify_weights(loaded))
     vault = EmbeddedVault(state_dir)
     admin = timed("start Vault", vault.admin_client)
@@ -336,6 +336,41 @@ def _gateway_material(admin: Any, loaded: LoadedSpec, container: ContainerSpec) 
         raise InputError(f"{container.name} takes no Vault bootstrap material")
     found = bootstrap(admin, loaded, "gateway", VaultConnection(VAULT_SOCKET))
     return json.dumps(found.as_dict()).encode() + b"\n"
+
+
+def _refuse_if_killed_keep_controller(
+    loaded: LoadedSpec, client: DockerClient, state_dir: Path
+) -> None:
+    try:
+        refuse_if_killed(loaded.name, state_dir)
+    except ConflictError:
+        # the kill stands; but a killed enclave needs its controller to take the approvals
+        # that resume it, so one that died (or was killed) is started again, killed
+        ensure_controller(loaded, client, state_dir)
+        raise
+
+
+def ensure_controller(loaded: LoadedSpec, client: DockerClient, state_dir: Path) -> bool:
+    """Start the enclave's controller unless it runs; True when this call started it.
+
+    It comes back in the state it left (a killed enclave stays killed, without heartbeats).
+    """
+    if controlproc.running(state_dir, loaded.name) is not None:
+        return False
+    observed = DockerBackend(client).observe(loaded.name)
+    if container_name(loaded.name, Component.GATEWAY) not in observed.containers:
+        return False  # nothing of the enclave to control
+    vault = EmbeddedVault(state_dir)
+    admin = vault.admin_client()
+    try:
+        return controlproc.ensure(
+            loaded,
+            state_dir,
+            f"http://{loaded.spec.gateway.listen}",  # where it is published, even while down
+            lambda: _controller_material(admin, loaded, vault),
+        )
+    finally:
+        _close(admin)
 
 
 def _write_images(state_dir: Path, name: str, images: dict[str, str]) -> None:

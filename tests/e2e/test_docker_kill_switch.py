@@ -16,9 +16,11 @@ Everything the enclave created is removed when the test ends (``enclave down``, 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,8 +30,10 @@ from typing import Any
 import httpx
 import pytest
 
+from enclave import controlproc
 from enclave.audit import verify_log
 from enclave.audit.incidents import IncidentStatus, load_incident
+from enclave.lifecycle import audit_dir
 from enclave.shutdown.api import controller_dir
 from support import service_missing
 from support.enclave_up import (
@@ -217,3 +221,42 @@ def test_a_drill_under_load_measures_and_records_the_kill(site: Site) -> None:
     assert kill.returncode == 0, kill.stderr
     refused = site.run("drill", site.name, "--token-file", str(site.tokens["bob"]), "--json")
     assert refused.returncode == 3 and "already killed" in refused.stderr
+
+
+@pytest.mark.timeout(TEST_TIMEOUT)
+def test_a_killed_enclave_stays_killed_when_its_parts_crash(site: Site, docker_client: Any) -> None:
+    """SIGKILL of the controller and of the gateway container while killed: nothing is served,
+    `up` does not bring it back (it only restarts the controller, still killed), and only the
+    two-person resume does; no audit record is lost."""
+    assert chat(site).status_code == 200
+    kill = site.run("kill", site.name, "--reason", "crash drill", "--token-file",
+                    str(site.tokens["bob"]))  # fmt: skip
+    assert kill.returncode == 0, kill.stderr
+    pid = controlproc.running(site.state, site.name)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while controlproc.running(site.state, site.name) is not None:
+        assert time.monotonic() < deadline, "the controller did not die"
+        time.sleep(0.05)
+    gateway = containers(docker_client, site.name)[f"enclave-{site.name}-gateway"]
+    gateway.kill()  # its restart cannot log in again: the bootstrap was single-use
+    for _ in range(20):
+        with contextlib.suppress(httpx.HTTPError):
+            assert chat(site).status_code != 200, "served while killed"
+        time.sleep(0.1)
+    up = site.run("up", str(site.spec))
+    assert up.returncode == 3 and "enclave resume" in up.stderr, up.stderr
+    assert controlproc.running(site.state, site.name) is not None  # back, and still killed
+    status = json.loads(site.run("controller", "status", site.name, "--json").stdout)
+    assert status["mode"] == "killed"
+    with contextlib.suppress(httpx.HTTPError):
+        assert chat(site).status_code != 200, "served while killed"
+    first = site.run("resume", site.name, "--token-file", str(site.tokens["carol"]))
+    assert first.returncode == 0 and "1 more needed" in first.stdout, first.stdout + first.stderr
+    second = site.run("resume", site.name, "--token-file", str(site.tokens["dan"]))
+    assert second.returncode == 0 and "resumed" in second.stdout, second.stdout + second.stderr
+    wait_token_known(site.url, site.tokens["alice"].read_text())
+    assert chat(site).status_code == 200
+    assert verify_log(controller_dir(site.state, site.name) / "audit").intact
+    assert verify_log(audit_dir(site.state, site.name)).intact
