@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from bench import (
     audit_log,
+    compliance,
     enclave_up,
     gateway,
     hot_paths,
@@ -25,6 +26,7 @@ def main() -> None:
         hot_paths,
         gateway,
         shutdown,
+        compliance,
     ):
         bench.main()
         print()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -13,8 +13,14 @@ from enclave.cli.console import err, out
 from enclave.cli.context import state_dir
 from enclave.compliance.model import Severity
 from enclave.compliance.report import render_table, to_json
+from enclave.compliance.reporters import to_junit, to_markdown, to_oscal, to_sarif
 from enclave.compliance.runner import CheckSettings, check_enclave, sign_waivers
-from enclave.errors import EnclaveError, ServiceError
+from enclave.errors import EnclaveError, InputError, ServiceError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from enclave.compliance.model import Report
 
 EXIT_FAILED = EnclaveError.exit_code
 """A check at or above --fail-on failed (1)."""
@@ -25,6 +31,19 @@ EXIT_UNVERIFIED = ServiceError.exit_code
 class Format(StrEnum):
     TABLE = "table"
     JSON = "json"
+    JUNIT = "junit"
+    SARIF = "sarif"
+    MARKDOWN = "markdown"
+    OSCAL = "oscal"
+
+
+_WRITERS: dict[Format, Callable[[Report], str]] = {
+    Format.JSON: to_json,
+    Format.JUNIT: to_junit,
+    Format.SARIF: to_sarif,
+    Format.MARKDOWN: to_markdown,
+    Format.OSCAL: to_oscal,
+}
 
 
 class FailOn(StrEnum):
@@ -49,7 +68,22 @@ def check(
             "else the baseline shipped with enclave).",
         ),
     ] = None,
-    fmt: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.TABLE,
+    fmt: Annotated[
+        Format,
+        typer.Option(
+            "--format",
+            help="Output format: a terminal table, JSON, JUnit XML, SARIF 2.1.0, Markdown, or "
+            "OSCAL assessment-results JSON.",
+        ),
+    ] = Format.TABLE,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Write the report to FILE instead of standard output (not with --format table).",
+        ),
+    ] = None,
     fail_on: Annotated[
         FailOn,
         typer.Option("--fail-on", help="Lowest severity whose failure makes the exit non-zero."),
@@ -71,15 +105,24 @@ def check(
     above --fail-on failed; 1 when a check failed; 5 when a check could not be judged (takes
     precedence over 1); 2 for a bad spec, baseline or waivers file.
     """
+    if output is not None and fmt is Format.TABLE:
+        raise InputError("--output needs a file format (json, junit, sarif, markdown, oscal)")
     settings = CheckSettings(name, state_dir(), spec=spec, baseline=baseline)
     if sign:
         signed = sign_waivers(settings)
         err().print(f"signed {len(signed)} waiver(s): {', '.join(signed) or '-'}", markup=False)
     report = check_enclave(settings)
-    if fmt is Format.JSON:
-        sys.stdout.write(to_json(report))
-    else:
+    writer = _WRITERS.get(fmt)
+    if writer is None:
         render_table(report, out())
+    elif output is None:
+        sys.stdout.write(writer(report))
+    else:
+        try:
+            output.write_text(writer(report), encoding="utf-8")
+        except OSError as exc:
+            raise InputError(f"cannot write {output}: {exc.strerror or exc}") from exc
+        err().print(f"wrote the {fmt.value} report to {output}", markup=False)
     if fail_on is FailOn.NEVER:
         return
     threshold = Severity(fail_on.value)

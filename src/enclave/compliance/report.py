@@ -1,5 +1,5 @@
-"""Reporters: the terminal table and JSON (JUnit, SARIF, OSCAL and Markdown read the same
-:class:`~enclave.compliance.model.Report`).
+"""Reporters: the terminal table and JSON (JUnit, SARIF, OSCAL and Markdown, in
+:mod:`enclave.compliance.reporters`, read the same :class:`~enclave.compliance.model.Report`).
 
 The table lists every result (waived and not-applicable ones included), then, for each result
 that did not pass, its evidence, remediation and control mappings, then the waivers that were
