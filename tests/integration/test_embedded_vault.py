@@ -37,6 +37,7 @@ from enclave.vault.embedded import (
     EmbeddedVault,
 )
 from enclave.vault.policies import ADMIN_POLICY
+from support.openbao import write_kv2_when_ready
 
 pytestmark = [pytest.mark.vault, pytest.mark.timeout(90)]
 
@@ -345,9 +346,7 @@ def test_restart_unseals_itself_and_keeps_data(fresh: EmbeddedVault) -> None:
     try:
         with translate("write a secret"):
             client.sys.enable_secrets_engine("kv", path=TEST_KV, options={"version": "2"})
-            client.secrets.kv.v2.create_or_update_secret(
-                path="probe", secret={"value": value}, mount_point=TEST_KV
-            )
+            write_kv2_when_ready(client, TEST_KV, "probe", {"value": value})
     finally:
         client.adapter.close()
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import secrets
-import time
 from typing import TYPE_CHECKING, Any
 
-import hvac.exceptions
 import pytest
+
+from support.openbao import write_kv2_when_ready
 
 if TYPE_CHECKING:
     from support.openbao import OpenBaoServer
@@ -40,17 +40,7 @@ def test_kv_v2_round_trip_is_audited_without_plaintext(
     plaintext = f"plaintext-{secrets.token_hex(16)}"
     openbao_client.sys.enable_secrets_engine("kv", path=mount, options={"version": "2"})
     try:
-        deadline = time.monotonic() + 15
-        while True:  # a new KV v2 mount upgrades itself for a moment before it takes writes
-            try:
-                openbao_client.secrets.kv.v2.create_or_update_secret(
-                    path=key, secret={"password": plaintext}, mount_point=mount
-                )
-                break
-            except hvac.exceptions.InvalidRequest as exc:
-                if "Upgrading" not in str(exc) or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+        write_kv2_when_ready(openbao_client, mount, key, {"password": plaintext})
         read = openbao_client.secrets.kv.v2.read_secret_version(
             path=key, mount_point=mount, raise_on_deleted_version=True
         )

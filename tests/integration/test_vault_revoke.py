@@ -36,6 +36,7 @@ from support.openbao import (
     bao_binary,
     hvac_client,
     running_openbao,
+    write_kv2_when_ready,
 )
 
 if TYPE_CHECKING:
@@ -197,7 +198,7 @@ def test_seal_stops_every_read(throwaway_openbao: OpenBaoServer) -> None:
     connection = VaultConnection(server.address)
     with hvac_client(server.address, server.root_token) as client:
         client.sys.enable_secrets_engine("kv", path="kv", options={"version": "2"})
-        client.secrets.kv.v2.create_or_update_secret(path="a", secret={"b": "c"}, mount_point="kv")
+        write_kv2_when_ready(client, "kv", "a", {"b": "c"})
 
         report = seal(client)
         assert 0 < report.seconds < 60

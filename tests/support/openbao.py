@@ -246,3 +246,22 @@ def _stop(proc: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
     proc.wait()
+
+
+def write_kv2_when_ready(
+    client: Any, mount: str, path: str, secret: dict[str, Any], timeout: float = 15.0
+) -> None:
+    """Write to a KV v2 mount enabled a moment ago: it answers 400 "Upgrading from
+    non-versioned to versioned data" until it has upgraded itself."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            client.secrets.kv.v2.create_or_update_secret(
+                path=path, secret=secret, mount_point=mount
+            )
+        except hvac.exceptions.InvalidRequest as exc:
+            if "Upgrading" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+        else:
+            return
