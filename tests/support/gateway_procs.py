@@ -218,19 +218,7 @@ def running_gateway(
     token_file = private_file(tmp_path / "root.token", root_token)
     key_file = private_file(tmp_path / "control.key", control_key.hex())
     argv = [
-        *enclave_argv(),
-        "--log-level",
-        "info",
-        "--state-dir",
-        str(enclave.state),
-        "gateway",
-        "serve",
-        "--spec",
-        str(enclave.spec),
-        "--port",
-        "0",
-        "--upstream",
-        f"assistant={runtime.url}",
+        *gateway_argv(enclave, runtime),
         "--vault-token-file",
         str(token_file),
         "--control-key-file",
@@ -320,12 +308,9 @@ def material_json(material: BootstrapMaterial) -> bytes:
     return json.dumps(material.as_dict()).encode()
 
 
-@contextlib.contextmanager
-def bootstrapped_gateway(
-    tmp_path: Path, enclave: Enclave, runtime: Process, material: BootstrapMaterial
-) -> Iterator[Process]:
-    """``enclave gateway serve --bootstrap -``: the material on stdin, the key from Vault."""
-    argv = [
+def gateway_argv(enclave: Enclave, runtime: Process) -> list[str]:
+    """``enclave gateway serve`` of ``enclave`` in front of ``runtime``, before its credentials."""
+    return [
         *enclave_argv(),
         "--log-level",
         "info",
@@ -339,6 +324,16 @@ def bootstrapped_gateway(
         "0",
         "--upstream",
         f"assistant={runtime.url}",
+    ]
+
+
+@contextlib.contextmanager
+def bootstrapped_gateway(
+    tmp_path: Path, enclave: Enclave, runtime: Process, material: BootstrapMaterial
+) -> Iterator[Process]:
+    """``enclave gateway serve --bootstrap -``: the material on stdin, the key from Vault."""
+    argv = [
+        *gateway_argv(enclave, runtime),
         "--bootstrap",
         "-",
     ]
