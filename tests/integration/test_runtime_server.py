@@ -5,46 +5,22 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import select
 import signal
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
 from enclave.runtime import NgramModel, SamplingParams, builtin_weights
+from support.gateway_procs import Process as Server
 from support.gateway_procs import enclave_argv
+from support.gateway_procs import launch as launch_process
 
 NAME = "assistant"
 START_TIMEOUT = 20.0
-
-
-@dataclass
-class Server:
-    process: subprocess.Popen[str]
-    url: str
-    stderr: Path
-
-    def stop(self) -> int:
-        """SIGTERM, then wait for a graceful exit; returns the exit code."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
-            raise
-        finally:
-            if self.process.stdout is not None:
-                self.process.stdout.close()
-
-    def log(self) -> str:
-        return self.stderr.read_text(encoding="utf-8")
 
 
 @pytest.fixture(scope="module")
@@ -81,18 +57,8 @@ def start(weights: tuple[Path, str], log_dir: Path, *extra: str) -> Server:
         "0",
         *extra,
     ]
-    with stderr.open("w", encoding="utf-8") as err:
-        process = subprocess.Popen(  # stopped by Server.stop in the fixture
-            argv, stdout=subprocess.PIPE, stderr=err, text=True, stdin=subprocess.DEVNULL
-        )
-    server = Server(process, "", stderr)
+    server = launch_process(argv, stderr, r"serving model \S+ on (?P<url>http://127\.0\.0\.1:\d+)")
     try:
-        assert process.stdout is not None
-        ready, _, _ = select.select([process.stdout], [], [], START_TIMEOUT)
-        line = process.stdout.readline() if ready else ""
-        match = re.fullmatch(r"serving model \S+ on (http://127\.0\.0\.1:\d+)\n", line)
-        assert match, f"no ready line (got {line!r}); stderr: {server.log()}"
-        server.url = match.group(1)
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             try:
@@ -100,7 +66,7 @@ def start(weights: tuple[Path, str], log_dir: Path, *extra: str) -> Server:
                     return server
             except httpx.TransportError:
                 pass
-            assert time.monotonic() < deadline, f"/health never answered; {server.log()}"
+            assert time.monotonic() < deadline, f"/health never answered; {server.log_text()}"
             time.sleep(0.05)
     except BaseException:
         server.stop()
@@ -115,8 +81,8 @@ def server(weights: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory) 
     finally:
         code = running.stop()
     # uvicorn shuts down gracefully, then re-raises the SIGTERM it caught (exit 143 in Docker)
-    assert code in {0, -signal.SIGTERM}, running.log()
-    assert "Traceback" not in running.log()
+    assert code in {0, -signal.SIGTERM}, running.log_text()
+    assert "Traceback" not in running.log_text()
 
 
 @pytest.fixture(scope="module")
@@ -240,11 +206,13 @@ def test_a_client_that_disconnects_stops_generation(slow_server: Server) -> None
                     break
         # the connection is closed here; the server notices within one token's delay
         deadline = time.monotonic() + 5
-        while "client disconnected" not in slow_server.log() and time.monotonic() < deadline:
+        while "client disconnected" not in slow_server.log_text() and time.monotonic() < deadline:
             time.sleep(0.05)
         assert http.get("/health").status_code == 200
-    match = re.search(r"client disconnected after (\d+) of at most 4000 tokens", slow_server.log())
-    assert match, slow_server.log()
+    match = re.search(
+        r"client disconnected after (\d+) of at most 4000 tokens", slow_server.log_text()
+    )
+    assert match, slow_server.log_text()
     assert int(match.group(1)) < 100  # 4000 tokens would take 80 s
 
 
