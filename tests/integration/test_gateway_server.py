@@ -11,6 +11,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -104,3 +105,59 @@ def test_gateway_serves_denies_and_audits(
     key_mode = (enclave.state / "enclaves" / enclave.name / "audit.key").stat().st_mode
     assert key_mode & 0o077 == 0
     assert report.unsigned == 0  # the final checkpoint was signed on shutdown
+
+
+def test_an_overloaded_gateway_admits_its_limit_and_refuses_the_rest_at_once(
+    tmp_path: Path, openbao: OpenBaoServer, enclave: Enclave
+) -> None:
+    key = secrets.token_bytes(32)
+    burst = 12
+    with (
+        running_runtime(tmp_path, token_delay=0.1) as slow,  # 8 tokens: about 0.8 s each
+        running_gateway(
+            tmp_path, enclave, slow, openbao.root_token, key, options=("--max-in-flight", "2")
+        ) as gateway,
+        httpx.Client(base_url=gateway.url, timeout=30.0, trust_env=False) as client,
+    ):
+        body, signature = sign_control(
+            key, ControlCommand(ControlKind.HEARTBEAT, "controller", time.time_ns(), 60.0)
+        )
+        assert (
+            client.post("/control", content=body, headers={SIGNATURE_HEADER: signature}).status_code
+            == 200
+        )
+        headers = {"authorization": f"Bearer {enclave.token}", "x-enclave-purpose": "translation"}
+        request = {
+            "model": "assistant",
+            "max_tokens": 8,
+            "messages": [{"role": "user", "content": "Translate: the gateway"}],
+        }
+
+        def one(_: int) -> tuple[int, str, str, float]:
+            start = time.monotonic()
+            with httpx.Client(base_url=gateway.url, timeout=30.0, trust_env=False) as own:
+                answer = own.post("/v1/chat/completions", json=request, headers=headers)
+            code = answer.json()["error"]["code"] if answer.status_code != 200 else ""
+            return (
+                answer.status_code,
+                code,
+                answer.headers.get("retry-after", ""),
+                (time.monotonic() - start),
+            )
+
+        with ThreadPoolExecutor(burst) as pool:
+            answers = list(pool.map(one, range(burst)))
+    assert gateway.process.returncode == 0, gateway.log.read_text(encoding="utf-8")
+    served = [a for a in answers if a[0] == 200]
+    refused = [a for a in answers if a[0] != 200]
+    assert len(served) == 2, answers  # the limit, not more: counted in at the door
+    assert {(status, code, retry) for status, code, retry, _ in refused} == {
+        (503, "overloaded", "1")
+    }
+    assert max(seconds for *_, seconds in refused) < min(seconds for *_, seconds in served)
+    audit = audit_dir(enclave)
+    assert verify_log(audit).intact
+    records = list(iter_records(audit))
+    assert len([r for r in records if r.action == "request.chat"]) == 2  # refused: never decided
+    shed = [r for r in records if r.action == "gateway.shed"]
+    assert sum((r.details or {})["requests"]["chat"] for r in shed) == burst - 2

@@ -212,9 +212,16 @@ def provisioned_enclave(
 
 @contextlib.contextmanager
 def running_gateway(
-    tmp_path: Path, enclave: Enclave, runtime: Process, root_token: str, control_key: bytes
+    tmp_path: Path,
+    enclave: Enclave,
+    runtime: Process,
+    root_token: str,
+    control_key: bytes,
+    *,
+    options: tuple[str, ...] = (),
 ) -> Iterator[Process]:
-    """``enclave gateway serve`` in front of ``runtime``, taking commands signed with the key."""
+    """``enclave gateway serve`` in front of ``runtime``, taking commands signed with the key
+    (``options``: more of its command-line options)."""
     token_file = private_file(tmp_path / "root.token", root_token)
     key_file = private_file(tmp_path / "control.key", control_key.hex())
     argv = [
@@ -223,6 +230,7 @@ def running_gateway(
         str(token_file),
         "--control-key-file",
         str(key_file),
+        *options,
     ]
     gateway = start(
         argv, tmp_path / "gateway.log", rf"gateway of enclave {enclave.name} serving on"

@@ -180,7 +180,7 @@ def _serve(
             door = gateway.state.gateway
             config = uvicorn.Config(
                 gateway,
-                http=door_protocol(door.overloaded, door.shed_response),
+                http=door_protocol(door),
                 log_config=None,
                 access_log=False,
                 lifespan="on",

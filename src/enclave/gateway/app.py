@@ -38,7 +38,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -47,6 +46,7 @@ from enclave.errors import AuditError
 from enclave.gateway.approvals import ApprovalStatus, approval_event
 from enclave.gateway.control import ControlChannel
 from enclave.gateway.denial import Denial, DenialCode
+from enclave.gateway.door import ADMITTED
 from enclave.gateway.metrics import CONTENT_TYPE_LATEST, GatewayMetrics
 from enclave.gateway.openapi import openapi_document
 from enclave.gateway.proxy import (
@@ -67,7 +67,6 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Mapping
 
     from starlette.requests import Request
-    from starlette.types import ASGIApp, Receive, Scope, Send
 
     from enclave.audit.writer import AuditReceipt
     from enclave.gateway.approvals import Approval
@@ -158,6 +157,8 @@ class _Gateway:
         self.settings = settings
         self.metrics = metrics
         self.in_flight = 0
+        self.admitted = 0
+        """Model requests the door let in and the app has not answered yet."""
         self.shed_counts: dict[str, int] = {}
         self.loop_lag = 0.0
         shed = Failure(
@@ -268,11 +269,22 @@ class _Gateway:
                 break
         return b"".join(chunks)
 
-    def overloaded(self) -> bool:
+    def late(self) -> bool:
+        """Whether the event loop runs later than ``max_loop_lag``."""
         lag = self.settings.max_loop_lag
-        return self.in_flight >= self.settings.max_in_flight or (
-            lag is not None and self.loop_lag > lag
-        )
+        return lag is not None and self.loop_lag > lag
+
+    # -- the door's keeper (:class:`~enclave.gateway.door.Keeper`) -------------------------
+
+    def closed(self) -> bool:
+        """Whether the door refuses new model requests: full, or the event loop runs late."""
+        return self.admitted >= self.settings.max_in_flight or self.late()
+
+    def enter(self) -> None:
+        self.admitted += 1
+
+    def leave(self) -> None:
+        self.admitted -= 1
 
     async def watch_loop(self, interval: float = 0.005) -> None:
         """Keep :attr:`loop_lag`: how late the event loop wakes a sleeper (decays quickly)."""
@@ -289,13 +301,6 @@ class _Gateway:
         self.shed_counts[endpoint.value] = self.shed_counts.get(endpoint.value, 0) + 1
         return self._shed_http
 
-    async def shed_at_door(self, endpoint: Endpoint, send: Send) -> None:
-        """The cheapest possible ``503 overloaded``: no request object, no routing."""
-        self.metrics.requests.labels(endpoint.value, "shed", "overloaded").inc()
-        self.shed_counts[endpoint.value] = self.shed_counts.get(endpoint.value, 0) + 1
-        await send({"type": "http.response.start", "status": 503, "headers": self._shed_headers})
-        await send({"type": "http.response.body", "body": self._shed_body})
-
     def shed(self, endpoint: Endpoint) -> Response:
         self.metrics.requests.labels(endpoint.value, "shed", "overloaded").inc()
         self.shed_counts[endpoint.value] = self.shed_counts.get(endpoint.value, 0) + 1
@@ -308,7 +313,9 @@ class _Gateway:
         return _error(failure.body(), failure.status, failure.headers())
 
     async def api(self, request: Request, endpoint: Endpoint) -> Response:
-        if self.in_flight >= self.settings.max_in_flight:
+        if self.in_flight >= self.settings.max_in_flight or (
+            endpoint is not Endpoint.MODELS and ADMITTED not in request.scope and self.closed()
+        ):  # the door admitted (and counted) a request already: not judged twice
             return self.shed(endpoint)
         arrived = time.perf_counter()
         self.in_flight += 1
@@ -811,25 +818,6 @@ async def _http_error(_request: Request, exc: Exception) -> Response:
     return JSONResponse(body, status)
 
 
-_DOOR = {endpoint.path: endpoint for endpoint in Endpoint if endpoint is not Endpoint.MODELS}
-
-
-class _Door:
-    """Pure ASGI, ahead of Starlette: sheds API requests while the gateway is overloaded."""
-
-    def __init__(self, app: ASGIApp, gateway: _Gateway) -> None:
-        self.app = app
-        self.gateway = gateway
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and self.gateway.overloaded():
-            endpoint = _DOOR.get(scope["path"])
-            if endpoint is not None:
-                await self.gateway.shed_at_door(endpoint, send)
-                return
-        await self.app(scope, receive, send)
-
-
 async def _stop(task: asyncio.Task[None]) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -905,7 +893,6 @@ def create_app(
         routes=routes,
         lifespan=lifespan,
         exception_handlers={HTTPException: _http_error},
-        middleware=[Middleware(_Door, gateway=gateway)],
     )
     app.state.gateway = gateway
     app.state.metrics = gateway.metrics
