@@ -69,6 +69,18 @@ def test_a_good_file_loads(tmp_path: Path) -> None:
     assert check.where.endswith("a.yaml:4")
 
 
+def test_an_unchanged_baseline_is_compiled_once_and_a_changed_one_again(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD)
+    first = load_baseline(path)
+    assert load_baseline(path) is first  # read again, not compiled again
+    write(tmp_path, GOOD.replace("severity: high", "severity: low"))
+    changed = load_baseline(path)
+    assert changed is not first and changed.sha256 != first.sha256
+    assert changed.checks[0].check.severity is Severity.LOW
+    write(tmp_path, GOOD.replace("'!container.privileged'", "container.x =="))
+    assert problems(path)  # a broken edit is reported, never served from the cache
+
+
 def test_a_cel_syntax_error_is_located(tmp_path: Path) -> None:
     found = problems(write(tmp_path, GOOD.replace("'!container.privileged'", "container.x ==")))
     assert len(found) == 1

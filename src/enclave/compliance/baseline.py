@@ -104,15 +104,20 @@ def _files(path: Path) -> list[Path]:
     return found
 
 
+_CACHE: dict[tuple[str, str], Baseline] = {}
+_CACHE_SIZE = 8
+
+
 def load_baseline(path: Path) -> Baseline:
     """Load the baseline at ``path`` (a directory of ``*.yaml``, or one file).
 
+    The files are read every time; parsing and compiling happen once per content (a monitor
+    re-running the baseline every minute pays for reading it, not for compiling 80 rules).
     Raises :class:`~enclave.errors.SpecError` listing every problem, each located.
     """
     digest = hashlib.sha256()
     problems: list[Problem] = []
-    loaded: list[LoadedCheck] = []
-    first: dict[str, str] = {}
+    sources: list[tuple[Path, bytes]] = []
     for source in _files(path):
         try:
             raw = source.read_bytes()
@@ -120,6 +125,14 @@ def load_baseline(path: Path) -> Baseline:
             problems.append(Problem(str(source), 0, 0, "", f"cannot read: {exc.strerror}"))
             continue
         digest.update(source.name.encode() + b"\0" + raw + b"\0")
+        sources.append((source, raw))
+    key = (str(path), digest.hexdigest())
+    cached = _CACHE.get(key)
+    if cached is not None and not problems:
+        return cached
+    loaded: list[LoadedCheck] = []
+    first: dict[str, str] = {}
+    for source, raw in sources:
         try:
             doc = parse_yaml(raw, str(source))
         except SpecError as exc:
@@ -148,7 +161,11 @@ def load_baseline(path: Path) -> Baseline:
                 loaded.append(compiled)
     if problems:
         raise SpecError(problems)
-    return Baseline(str(path), digest.hexdigest(), tuple(loaded))
+    baseline = Baseline(str(path), key[1], tuple(loaded))
+    if len(_CACHE) >= _CACHE_SIZE:
+        _CACHE.pop(next(iter(_CACHE)))
+    _CACHE[key] = baseline
+    return baseline
 
 
 def _compile(
