@@ -149,7 +149,20 @@ def test_duplicate_yaml_keys_are_errors(workspace: Workspace) -> None:
     path = workspace.example(("  backend: docker", "  backend: docker\n  backend: kubernetes"))
     (error,) = errors_of(path)
     first = line_of(path, "backend: docker")
-    assert error == f"{path}:{first + 1}:3: duplicate key 'backend' (first at line {first})"
+    assert error == (
+        f"{path}:{first + 1}:3: spec.backend: duplicate key 'backend' (first at line {first})"
+    )
+
+
+def test_a_duplicate_key_does_not_hide_the_other_errors(workspace: Workspace) -> None:
+    path = workspace.example(
+        ("  backend: docker", "  backend: docker\n  backend: kubernetes"),
+        ("name: demo", "name: Demo_Enclave"),
+    )
+    errors = errors_of(path)
+    assert len(errors) == 2, errors
+    assert any("spec.backend: duplicate key 'backend'" in e for e in errors)
+    assert any("metadata.name" in e for e in errors)
 
 
 def test_yaml_syntax_errors_are_located(workspace: Workspace) -> None:

@@ -202,10 +202,11 @@ def _typed(value: Any, kind: type[_T]) -> _T | None:
 
 def load_catalog(path: FsPath) -> UsageCatalog:
     """Load a usage catalog file, reporting every problem with its location."""
-    doc = parse_yaml(_read(path), str(path))
+    doc = parse_yaml(_read(path), str(path), keep_going=True)
     catalog, problems = _validate(UsageCatalog, doc)
     if catalog is not None:
         problems = _catalog_consistency(doc, catalog)
+    problems = [*doc.problems, *problems]
     if problems:
         raise SpecError(problems)
     assert isinstance(catalog, UsageCatalog)  # noqa: S101 - narrowed for the type checker
@@ -249,8 +250,9 @@ def _catalog_for(
 def load_spec(path: FsPath | str) -> LoadedSpec:
     """Load and check an ``enclave.yaml``; raise :class:`SpecError` listing every error."""
     source = FsPath(path)
-    doc = parse_yaml(_read(source), str(path))
+    doc = parse_yaml(_read(source), str(path), keep_going=True)
     enclave, problems = _validate(Enclave, doc)
+    problems = [*doc.problems, *problems]
     if not isinstance(doc.data, dict):
         raise SpecError(problems)
     parts = _sections(doc.data, enclave)

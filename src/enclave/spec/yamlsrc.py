@@ -4,7 +4,8 @@ PyYAML composes the text into a node graph (which carries line and column marks)
 turns that graph into plain Python data itself, so that it can
 
 * record the location of every value and every mapping key by field path,
-* report duplicate keys as errors instead of silently keeping the last one,
+* report duplicate keys as errors instead of silently keeping the last one (and keep reading:
+  a loader that reports every problem at once gets them in :attr:`Document.problems`),
 * bound the work an input may cause (file size, nesting depth, and the total number of values
   after alias expansion, which defuses "billion laughs" alias bombs),
 * accept only the plain YAML types (maps, lists, strings, numbers, booleans, null).
@@ -54,6 +55,8 @@ class Document:
     data: Any
     values: dict[Path, Mark] = field(default_factory=dict)
     keys: dict[Path, Mark] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+    """Problems found while reading that did not stop it (a duplicate key: the first is kept)."""
 
     def locate(self, path: Path, *, key: bool = False) -> Mark:
         """The location of ``path``, or of its nearest ancestor that exists in the file."""
@@ -75,8 +78,10 @@ def format_path(path: Path) -> str:
     """``("spec", "rbac", "principals", 1, "roles", 0)`` -> ``spec.rbac.principals[1].roles[0]``."""
     out = ""
     for part in path:
-        if isinstance(part, int):
+        if isinstance(part, int) and not isinstance(part, bool):
             out += f"[{part}]"
+        elif not isinstance(part, str):  # a YAML key such as null or true
+            out += f"[{part!r}]"
         elif part.replace("-", "").replace("_", "").isalnum():
             out += f".{part}" if out else part
         else:
@@ -143,8 +148,14 @@ class _Builder:
                 raise self.fail(key_node, "mapping keys must be plain strings")
             key = self.scalar(key_node)
             if key in explicit:
-                first = explicit[key]
-                raise self.fail(key_node, f"duplicate key {key!r} (first at line {first.line})")
+                mark = _mark(key_node)
+                self.doc.problems.append(
+                    Problem(
+                        self.doc.filename, mark.line, mark.column, format_path((*path, key)),
+                        f"duplicate key {key!r} (first at line {explicit[key].line})",
+                    )
+                )  # fmt: skip
+                continue
             explicit[key] = _mark(key_node)
             self.doc.keys[(*path, key)] = _mark(key_node)
             result[key] = self.build(value_node, (*path, key), depth + 1)
@@ -166,8 +177,13 @@ class _Builder:
         return pairs
 
 
-def parse_yaml(raw: bytes, filename: str) -> Document:
-    """Read one YAML document; raise :class:`SpecError` with a located problem when it is bad."""
+def parse_yaml(raw: bytes, filename: str, *, keep_going: bool = False) -> Document:
+    """Read one YAML document; raise :class:`SpecError` with a located problem when it is bad.
+
+    A duplicate key raises too, unless ``keep_going``: then the document (first value kept)
+    comes back with the duplicates in :attr:`Document.problems`, for a caller that reports
+    them together with everything else it finds.
+    """
     doc = Document(filename, None)
     if len(raw) > MAX_BYTES:
         raise SpecError([Problem(filename, 0, 0, "", f"file is larger than {MAX_BYTES} bytes")])
@@ -184,6 +200,11 @@ def parse_yaml(raw: bytes, filename: str) -> Document:
         line, column = (mark.line + 1, mark.column + 1) if mark else (0, 0)
         reason = exc.problem or exc.context or "malformed YAML"
         raise SpecError([Problem(filename, line, column, "", f"invalid YAML: {reason}")]) from None
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow: locate it
+        before = text[: exc.position]
+        line, column = before.count("\n") + 1, exc.position - (before.rfind("\n") + 1) + 1
+        reason = f"unacceptable character #x{exc.character:04X}: {exc.reason}"
+        raise SpecError([Problem(filename, line, column, "", f"invalid YAML: {reason}")]) from None
     except yaml.YAMLError as exc:
         raise SpecError([Problem(filename, 0, 0, "", f"invalid YAML: {exc}")]) from None
     except RecursionError:
@@ -191,4 +212,6 @@ def parse_yaml(raw: bytes, filename: str) -> Document:
     if root is None:
         raise SpecError([Problem(filename, 1, 1, "", "file is empty")])
     doc.data = _Builder(doc).build(root, (), 0)
+    if doc.problems and not keep_going:
+        raise SpecError(doc.problems)
     return doc
