@@ -9,6 +9,7 @@ from bench import (
     gateway,
     hot_paths,
     images,
+    monitor,
     shutdown,
     spec_load,
     vault_provision,
@@ -27,6 +28,7 @@ def main() -> None:
         gateway,
         shutdown,
         compliance,
+        monitor,
     ):
         bench.main()
         print()

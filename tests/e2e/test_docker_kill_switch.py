@@ -1,8 +1,10 @@
 """The kill switch on the real Docker engine: ``enclave up``, ``enclave kill``, two resumes.
 
 One enclave is brought up with the real CLI (the example spec: alice an analyst, bob, carol and
-dan safety officers; the embedded OpenBao under the test's own state directory), and the people
-act through the CLI with their own API tokens, the way they would:
+dan safety officers; the embedded OpenBao under the test's own state directory; its model slowed
+to TOKEN_DELAY a token with the reference runtime's ``--token-delay``, so that a drill's streams
+are still flowing when its kill lands, and the rate limit raised for the drill's load), and the
+people act through the CLI with their own API tokens, the way they would:
 
 - ``enclave kill`` by bob: the gateway denies at once, the model container is SIGKILLed (and
   stays down, whatever its restart policy) and taken off every network, the gateway is taken
@@ -51,6 +53,16 @@ from support.enclave_up import (
 pytestmark = [pytest.mark.docker, pytest.mark.vault, pytest.mark.slow]
 
 TEST_TIMEOUT = UP_TIMEOUT + 600
+TOKEN_DELAY = 0.05
+"""Seconds per generated token: a drill's 24-token streams last over a second."""
+SPEC_EDITS = (
+    ("requestsPerMinute: 60}", "requestsPerMinute: 100000}"),
+    (
+        "      resources: {cpus: 1, memory: 1Gi, pids: 256}\n",
+        "      resources: {cpus: 1, memory: 1Gi, pids: 256}\n"
+        f'      args: [--token-delay, "{TOKEN_DELAY:g}"]\n',
+    ),
+)
 Json = dict[str, Any]
 
 
@@ -75,6 +87,11 @@ def site(tmp_path: Path, docker_client: Any, base_image: str) -> Iterator[Site]:
     name = f"ks{secrets.token_hex(3)}"
     state = state_dir(tmp_path)
     spec = write_spec(tmp_path, name, free_port())
+    text = spec.read_text()
+    for old, new in SPEC_EDITS:
+        assert old in text, f"the example spec no longer has {old.strip()!r}"
+        text = text.replace(old, new, 1)
+    spec.write_text(text)
     try:
         done = run_enclave(state, "up", str(spec), "--json", timeout=UP_TIMEOUT)
         assert done.returncode == 0, f"enclave up exited {done.returncode}: {done.stderr[-3000:]}"
@@ -204,6 +221,9 @@ def test_a_drill_under_load_measures_and_records_the_kill(site: Site) -> None:
     latencies = result["latencies_ms"]
     for key in ("gateways_denying", "models_stopped", "vault_revoked", "resume", "client_deny"):
         assert latencies[key] > 0, key
+    # the slowed model's streams were in flight at the kill: their cut is measured
+    assert latencies["client_stream_cut"] > 0, latencies
+    print(f"\ndrill latencies (ms): {latencies}")
     assert result["load"]["requests"] > 0
     assert result["load"]["served_after_kill"] == 0  # nothing served once killed
     assert health(site) == 200 and chat(site).status_code == 200  # serving again

@@ -17,6 +17,7 @@ The measured latencies are printed (``pytest -s``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -80,6 +81,13 @@ spec:
     resumeApprovals: 2
     resumeExcludesTrigger: true
 """
+QUORUM_SPEC = SPEC.replace(
+    "      - {{name: dan, roles: [safety-officer]}}\n",
+    "      - {{name: dan, roles: [safety-officer]}}\n"
+    "      - {{name: erin, roles: [safety-officer]}}\n",
+).replace("resumeApprovals: 2", "resumeApprovals: 3")
+"""Four safety officers and a quorum of three: whoever kills, the other three are needed."""
+OFFICERS = ("bob", "carol", "dan")
 TOKEN_DELAY = 0.05
 PROHIBITED = "Select targets and engage them without human review."
 DENY_WITHIN = 0.1
@@ -158,24 +166,51 @@ class Stack:
         return [r for r in iter_records(root) if r.action == action]
 
 
-@pytest.fixture
-def stack(tmp_path: Path, openbao: OpenBaoServer, openbao_client: Any) -> Iterator[Stack]:
+@contextlib.contextmanager
+def built_stack(
+    tmp_path: Path,
+    openbao: OpenBaoServer,
+    openbao_client: Any,
+    *,
+    template: str = SPEC,
+    officers: tuple[str, ...] = OFFICERS,
+) -> Iterator[Stack]:
     with (
         running_runtime(tmp_path, token_delay=TOKEN_DELAY) as runtime,
         provisioned_enclave(
-            tmp_path, openbao.address, openbao_client, heartbeat="200ms", lease="1s", template=SPEC
+            tmp_path,
+            openbao.address,
+            openbao_client,
+            heartbeat="200ms",
+            lease="1s",
+            template=template,
         ) as enclave,
     ):
         paths = EnclavePaths(enclave.name)
         key = read_control_key(openbao_client, paths)
         with running_gateway(tmp_path, enclave, runtime, openbao.root_token, key) as gateway:
             stack = Stack(tmp_path, openbao, openbao_client, enclave, runtime, gateway, key)
-            for who in ("bob", "carol", "dan"):
+            for who in officers:
                 token = issue(openbao_client, paths, who, ["safety-officer"]).token
                 stack.files[who] = private_file(tmp_path / f"{who}.token", token)
             stack.files["alice"] = private_file(tmp_path / "alice.token", enclave.token)
             stack.files["garbage"] = private_file(tmp_path / "garbage.token", "enc_garbage")
             yield stack
+
+
+@pytest.fixture
+def stack(tmp_path: Path, openbao: OpenBaoServer, openbao_client: Any) -> Iterator[Stack]:
+    with built_stack(tmp_path, openbao, openbao_client) as built:
+        yield built
+
+
+@pytest.fixture
+def quorum_stack(tmp_path: Path, openbao: OpenBaoServer, openbao_client: Any) -> Iterator[Stack]:
+    """Four officers (bob, carol, dan, erin), three approvals to resume."""
+    with built_stack(
+        tmp_path, openbao, openbao_client, template=QUORUM_SPEC, officers=(*OFFICERS, "erin")
+    ) as built:
+        yield built
 
 
 def wait_healthy(client: httpx.Client, timeout: float = 15.0) -> None:
@@ -383,7 +418,11 @@ def test_kill_denies_and_cuts_and_the_resume_needs_two_others(
     ]
     incident = load_incident(root, killed["incident"])
     assert incident.status is IncidentStatus.RESOLVED and incident.trigger.by == "bob"
-    assert [e.result.value for e in incident.actions if e.result] == ["ok"] * 4
+    # the kill's four steps; then, after the restart while killed, the engine and Vault steps
+    # made sure of again
+    done = [e.text.split(":")[0] for e in incident.actions]
+    assert done[4:] == ["model containers stopped", "networks detached", "vault tokens revoked"]
+    assert [e.result.value for e in incident.actions if e.result] == ["ok"] * 7
     texts = " | ".join(e.text for e in incident.timeline)
     assert "controller restarted while killed" in texts
     assert "resume approved by carol (1 of 2)" in texts
@@ -440,41 +479,139 @@ def test_a_violation_rate_over_the_limit_kills(
     assert (manual.actor, manual.decision) == ("dan", Decision.ALLOW)
 
 
-def test_many_concurrent_calls_over_the_socket_leave_one_consistent_state(stack: Stack) -> None:
-    name = stack.enclave.name
-    tokens = {who: path.read_text().strip() for who, path in stack.files.items()}
+@dataclass(frozen=True)
+class Answer:
+    route: str
+    who: str
+    status: int
+    body: Json
 
-    def call(route: str, who: str) -> int:
-        client = ControllerClient(socket_path(stack.enclave.state, name), timeout=60)
+    @property
+    def code(self) -> str | None:
+        error = self.body.get("error")
+        return error.get("code") if isinstance(error, dict) else None
+
+
+def storm(stack: Stack, jobs: list[tuple[str, str]]) -> list[Answer]:
+    """Every ``(route, principal)`` call at once over the controller's socket, one thread
+    each, released together by a barrier; the answers in the order of ``jobs``."""
+    sock = socket_path(stack.enclave.state, stack.enclave.name)
+    tokens = {who: path.read_text().strip() for who, path in stack.files.items()}
+    barrier = threading.Barrier(len(jobs), timeout=30)
+
+    def call(job: tuple[str, str]) -> Answer:
+        route, who = job
+        client = ControllerClient(sock, timeout=60)
         body = {"reason": f"concurrent kill by {who}"} if route == "/kill" else None
-        code, _ = client.call("POST", route, token=tokens[who], body=body)
-        return code
+        barrier.wait()
+        status, answer = client.call("POST", route, token=tokens[who], body=body)
+        return Answer(route, who, status, answer)
+
+    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+        return list(pool.map(call, jobs))
+
+
+def persisted_matches(stack: Stack, status: Json) -> None:
+    """The state file says what the running controller says."""
+    path = controller_dir(stack.enclave.state, stack.enclave.name) / "state.json"
+    state = json.loads(path.read_text())
+    assert state["mode"] == status["mode"]
+    assert state["kills"] == status["kills"]
+    assert state["incident"] == status["incident"]
+    assert [(a["principal"], a["at"]) for a in state["approvals"]] == [
+        (a["principal"], a["at"]) for a in status["approvals"]
+    ]
+    trigger = state["trigger"]
+    assert (trigger and trigger["principal"]) == (
+        status["trigger"] and status["trigger"]["principal"]
+    )
+
+
+def test_fifty_concurrent_kills_and_approvals_leave_one_consistent_state(
+    quorum_stack: Stack,
+) -> None:
+    """50 kills and resume approvals at once from three officers while serving, then 30
+    approvals at once from all four: exactly one kill wins, each approval counts once, the
+    quorum resumes exactly once, the state file always equals the controller's state, and
+    every call is in the controller's audit log with the decision it was answered with."""
+    stack = quorum_stack
+    sock = socket_path(stack.enclave.state, stack.enclave.name)
+
+    def status() -> Json:
+        code, body = ControllerClient(sock, timeout=30).call("GET", "/status")
+        assert code == 200, body
+        return body
 
     with (
         stack.controller(),
         httpx.Client(base_url=stack.gateway.url, timeout=30.0, trust_env=False) as client,
-        ThreadPoolExecutor(max_workers=12) as pool,
     ):
         wait_healthy(client)
-        kills = list(pool.map(lambda who: call("/kill", who), ["bob", "carol", "dan"] * 8))
-        assert sorted(kills) == [200] + [409] * 23
+        first = storm(
+            stack,
+            [("/kill", OFFICERS[i % 3]) for i in range(26)]
+            + [("/resume", OFFICERS[i % 3]) for i in range(24)],
+        )
+        kills = [a for a in first if a.route == "/kill"]
+        assert sorted(a.status for a in kills) == [200] + [409] * 25
+        assert {a.code for a in kills if a.status == 409} == {"conflict"}
+        (winner,) = [a.who for a in kills if a.status == 200]
+        after_kill = status()
+        assert after_kill["mode"] == "killed" and after_kill["kills"] == 1
+        assert after_kill["trigger"]["principal"] == winner
         assert client.get("/healthz").status_code == 503
-        status = ControllerClient(socket_path(stack.enclave.state, name)).call("GET", "/status")[1]
-        killer = status["trigger"]["principal"]
-        others = [p for p in ("bob", "carol", "dan") if p != killer]
-        mixed = [("/resume", who) for who in [killer, *others] * 6] + [("/kill", "bob")] * 6
-        codes = list(pool.map(lambda job: call(*job), mixed))
-        resumes = codes[: len(mixed) - 6]
-        assert resumes.count(200) <= 1
-        final = ControllerClient(socket_path(stack.enclave.state, name)).call("GET", "/status")[1]
-        assert final["mode"] in ("serving", "killed")
-        if final["mode"] == "serving":
-            wait_healthy(client, timeout=5)
-        else:
-            assert client.get("/healthz").status_code == 503
-        state = json.loads((controller_dir(stack.enclave.state, name) / "state.json").read_text())
-        assert state["mode"] == final["mode"] and state["kills"] == final["kills"]
-    root = controller_dir(stack.enclave.state, name) / "audit"
-    assert verify_log(root).intact
-    recorded = stack.records("shutdown.kill") + stack.records("shutdown.resume")
-    assert len(recorded) == 24 + len(mixed)  # every call, accepted or refused, once
+        approvals = [a for a in first if a.route == "/resume"]
+        for answer in approvals:  # before the kill: not killed; after: once each, not the killer
+            assert (answer.status, answer.code) in {
+                (202, None),
+                (409, "not_killed"),
+                (409, "replayed_approval"),
+                (403, "self_approval"),
+            }, answer
+            if answer.status == 403:
+                assert answer.who == winner
+        counted = [a.who for a in approvals if a.status == 202]
+        assert winner not in counted and len(counted) == len(set(counted)) <= 2
+        assert sorted(a["principal"] for a in after_kill["approvals"]) == sorted(counted)
+        persisted_matches(stack, after_kill)
+
+        second = storm(stack, [("/resume", who) for who in (*OFFICERS, "erin") * 7][:30])
+        resumed = [a for a in second if a.status == 200]
+        assert len(resumed) == 1 and resumed[0].body["resumed"] is True, resumed
+        assert resumed[0].who != winner
+        newly = [a.who for a in second if a.status == 202]
+        assert len(newly) == len(set(newly)) and not set(newly) & set(counted)
+        assert len(counted) + len(newly) + 1 == 3  # the quorum, each counted once
+        assert sorted(resumed[0].body["approvals"]) == sorted([*counted, *newly, resumed[0].who])
+        for answer in second:
+            if answer.status not in (200, 202):
+                assert (answer.status, answer.code) in {
+                    (409, "not_killed"),  # resuming or serving again
+                    (409, "replayed_approval"),
+                    (403, "self_approval"),
+                }, answer
+        wait_healthy(client, timeout=5)
+        final = status()
+        assert final["mode"] == "serving" and final["kills"] == 1 and final["approvals"] == []
+        persisted_matches(stack, final)
+
+    root = controller_dir(stack.enclave.state, stack.enclave.name) / "audit"
+    report = verify_log(root)
+    assert report.intact, report.summary()
+    for action, answers in (("shutdown.kill", kills), ("shutdown.resume", approvals + second)):
+        records = stack.records(action)
+        assert len(records) == len(answers)  # every call, accepted or refused, exactly once
+        by_principal = sorted((r.actor, r.decision) for r in records)
+        expected = sorted(
+            (a.who, Decision.ALLOW if a.status in (200, 202) else Decision.DENY) for a in answers
+        )
+        assert by_principal == expected
+    # in the log's order: the kill, then the approvals that counted, the last one the quorum
+    allowed = [
+        r
+        for r in iter_records(root)
+        if r.action in ("shutdown.kill", "shutdown.resume") and r.decision is Decision.ALLOW
+    ]
+    assert [r.action for r in allowed] == ["shutdown.kill"] + ["shutdown.resume"] * 3
+    assert [r.reason for r in allowed[1:]] == ["counted", "counted", "quorum"]
+    assert len(stack.records("shutdown.resumed")) == 1

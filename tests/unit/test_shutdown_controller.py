@@ -9,6 +9,7 @@ one under ``tmp_path``; the kill's engine and Vault steps are fakes that record 
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import secrets
@@ -28,7 +29,7 @@ from enclave.audit.incidents import IncidentStatus, load_incident
 from enclave.audit.reader import iter_records
 from enclave.audit.record import AuditRecord
 from enclave.cli.main import main
-from enclave.errors import AuditError, DockerError, NotFoundError
+from enclave.errors import AuditError, DockerError, NotFoundError, ServiceError
 from enclave.gateway.control import ControlChannel
 from enclave.gateway.state import Mode as GatewayMode
 from enclave.gateway.state import ShutdownState
@@ -525,6 +526,100 @@ def test_a_failed_resume_leaves_the_enclave_killed_with_the_reason(tmp_path: Pat
     assert len(failed) == 1 and "no space left" in failed[0].reason
 
 
+def test_an_approver_asking_again_retries_a_failed_resume(tmp_path: Path) -> None:
+    workload = Workload()
+    workload.fail = True
+    rig = Rig(tmp_path, workload=workload)
+
+    async def body(api: httpx.AsyncClient) -> None:
+        await api.post("/kill", json={"reason": "x"}, headers=bearer(rig.tok["bob"]))
+        await api.post("/resume", headers=bearer(rig.tok["carol"]))
+        failed = await api.post("/resume", headers=bearer(rig.tok["dan"]))
+        assert failed.status_code == 500 and mode_of(rig) is Mode.KILLED
+        workload.fail = False
+        again = await api.post("/resume", headers=bearer(rig.tok["carol"]))
+        assert again.status_code == 200, again.text
+        assert again.json()["outcome"] == "quorum" and again.json()["resumed"] is True
+        assert workload.restarts == 2 and mode_of(rig) is Mode.SERVING
+
+    scenario(rig, body)
+    approvals = [
+        (r.actor, r.decision, r.reason)
+        for r in rig.records("shutdown.resume")
+        if r.action == "shutdown.resume"
+    ]
+    assert approvals == [
+        ("carol", Decision.ALLOW, "counted"),
+        ("dan", Decision.ALLOW, "quorum"),
+        ("carol", Decision.ALLOW, "retry"),
+    ]
+
+
+def test_a_kill_step_that_failed_is_done_later_while_the_enclave_stays_killed(
+    tmp_path: Path,
+) -> None:
+    """The engine is down during the kill (3 tries fail) and for one more try; the next one,
+    while killed, stops the models and the incident becomes mitigated."""
+    settings = ControllerSettings(heartbeat=BEAT, health_timeout=2.0, retry_every=0.05)
+    rig = Rig(tmp_path, effects=Effects(failures={"stop_models": 4}), settings=settings)
+    killed: Json = {}
+
+    async def body(api: httpx.AsyncClient) -> None:
+        answer = await api.post("/kill", json={"reason": "x"}, headers=bearer(rig.tok["bob"]))
+        killed.update(answer.json())
+        assert [s["ok"] for s in killed["steps"]] == [True, False, True, True]
+        await wait_for(lambda: not rig.controller.undone)
+        assert mode_of(rig) is Mode.KILLED and not rig.controller.beating.is_set()
+
+    scenario(rig, body)
+    assert rig.effects.calls.count("stop_models") == 5
+    assert rig.effects.calls.count("detach") == 1  # only what failed is tried again
+    incident = load_incident(rig.tmp / "controller" / "audit", killed["incident"])
+    assert incident.status is IncidentStatus.MITIGATED
+    stops = [e for e in incident.actions if e.text.startswith("model containers stopped")]
+    assert [e.result.value for e in stops if e.result] == ["failed", "ok"]
+
+
+def test_undone_kill_steps_are_dropped_by_a_resume_and_never_run_while_serving(
+    tmp_path: Path,
+) -> None:
+    settings = ControllerSettings(heartbeat=BEAT, health_timeout=2.0, retry_every=0.02)
+    rig = Rig(tmp_path, effects=Effects(failures={"detach": 1000}), settings=settings)
+
+    async def body(api: httpx.AsyncClient) -> None:
+        await api.post("/kill", json={"reason": "x"}, headers=bearer(rig.tok["bob"]))
+        await wait_for(lambda: rig.effects.calls.count("detach") >= 5)  # tried, and tried
+        await api.post("/resume", headers=bearer(rig.tok["carol"]))
+        resumed = await api.post("/resume", headers=bearer(rig.tok["dan"]))
+        assert resumed.status_code == 200, resumed.text
+        assert rig.controller.undone == set()
+        tries = rig.effects.calls.count("detach")
+        await asyncio.sleep(0.2)
+        assert rig.effects.calls.count("detach") == tries
+
+    scenario(rig, body)
+
+
+def test_a_failed_resume_makes_sure_of_the_engine_and_vault_steps_again(tmp_path: Path) -> None:
+    """The restart may have started containers and issued credentials before it failed."""
+    workload = Workload()
+    workload.fail = True
+    settings = ControllerSettings(heartbeat=BEAT, health_timeout=2.0, retry_every=0.05)
+    rig = Rig(tmp_path, workload=workload, settings=settings)
+
+    async def body(api: httpx.AsyncClient) -> None:
+        await api.post("/kill", json={"reason": "x"}, headers=bearer(rig.tok["bob"]))
+        await api.post("/resume", headers=bearer(rig.tok["carol"]))
+        calls = len(rig.effects.calls)
+        failed = await api.post("/resume", headers=bearer(rig.tok["dan"]))
+        assert failed.status_code == 500
+        await wait_for(lambda: rig.effects.calls[calls:].count("revoke") >= 1)
+        assert rig.effects.calls[calls:] == ["deny", "stop_models", "detach", "revoke"]
+        assert rig.controller.undone == set() and mode_of(rig) is Mode.KILLED
+
+    scenario(rig, body)
+
+
 def test_a_kill_during_a_resume_aborts_it(tmp_path: Path) -> None:
     workload = Workload()
     workload.hold.clear()
@@ -632,7 +727,10 @@ def test_a_restarted_controller_stays_killed_and_tells_the_gateways_again(tmp_pa
         assert done.status_code == 200, done.text
 
     scenario(rig, after)
-    assert rig.effects.calls == ["deny"]  # the kill was not redone: only KILL re-sent
+    # the kill was not redone (no new record): KILL re-sent, and the engine and Vault steps
+    # made sure of again, which the fakes answer as done
+    assert rig.effects.calls == ["deny", "stop_models", "detach", "revoke"]
+    assert len(rig.records("shutdown.kill")) == 1
     starts = [r.details for r in rig.records("shutdown.start")]
     assert [d["mode"] for d in starts if d] == ["serving", "killed"]
 
@@ -867,6 +965,20 @@ def test_the_cli_says_in_one_line_when_no_controller_answers(
     token.chmod(0o644)
     assert main([*state, "kill", "demo", "--reason", "x", "--token-file", str(token)]) == 2
     assert "readable by others" in capsys.readouterr().err
+
+
+def test_a_dead_controllers_socket_is_named_and_no_socket_is_left_open(tmp_path: Path) -> None:
+    """The socket file of a controller that died: the client says so, and closes its socket
+    (a long-running caller, ``enclave monitor``, must not lose a descriptor per try)."""
+    path = tmp_path / "controller" / "api.sock"
+    bind(path).close()  # the file stays, nothing listens
+    client = ControllerClient(path, timeout=5)
+    fds = len(list(Path("/proc/self/fd").iterdir()))
+    for _ in range(20):
+        with pytest.raises(ServiceError, match="did not answer \\(ConnectionRefusedError\\)"):
+            client.call("GET", "/status")
+    gc.collect()  # an unclosed socket would warn here (an error in this suite)
+    assert len(list(Path("/proc/self/fd").iterdir())) == fds
 
 
 def test_an_approval_the_log_cannot_record_does_not_count(rig: Rig) -> None:

@@ -106,6 +106,29 @@ def test_a_restart_keeps_the_state_and_redoes_a_half_done_resume(tmp_path: Path)
     assert again.mode is Mode.KILLED
 
 
+def test_an_approver_of_a_failed_resume_retries_it_and_nobody_else_can(tmp_path: Path) -> None:
+    """Three officers, bob killed: carol and dan are the only possible quorum. Their resume
+    fails (or a restart cut it short): either of them asking again retries it, at once."""
+    clock = Clock()
+    path = tmp_path / "s.json"
+    sm = killed(path, clock)
+    assert sm.approve("carol") is ApprovalOutcome.COUNTED
+    assert sm.approve("carol") is ApprovalOutcome.REPLAYED  # no quorum yet: a plain replay
+    assert sm.approve("dan") is ApprovalOutcome.QUORUM
+    sm.begin_resume()
+    sm.resume_failed()
+    assert sm.approve("dan") is ApprovalOutcome.RETRY
+    assert sm.approve("bob") is ApprovalOutcome.TRIGGERER  # the killer never can
+    sm.begin_resume()  # the quorum still stands: no force needed
+    assert mode_of(sm) is Mode.RESUMING
+    again = machine(path, clock)  # the controller died while resuming
+    assert again.mode is Mode.KILLED
+    assert again.approve("carol") is ApprovalOutcome.RETRY
+    assert [a.principal for a in again.state.approvals] == ["carol", "dan"]  # counted once
+    clock.now += again.approval_ttl + 1  # once expired, the quorum must be made again
+    assert again.approve("carol") is ApprovalOutcome.COUNTED
+
+
 def test_a_controller_that_died_while_killing_comes_back_killing(tmp_path: Path) -> None:
     clock = Clock()
     path = tmp_path / "s.json"

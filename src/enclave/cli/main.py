@@ -21,6 +21,7 @@ from enclave.cli import controller as controller_cmd
 from enclave.cli import enclaves as enclaves_cmd
 from enclave.cli import gateway as gateway_cmd
 from enclave.cli import init as init_cmd
+from enclave.cli import monitor as monitor_cmd
 from enclave.cli import schema as schema_cmd
 from enclave.cli import validate as validate_cmd
 from enclave.cli.audit import app as audit_app
@@ -60,6 +61,7 @@ app.command("down")(enclaves_cmd.down)
 app.command("status")(enclaves_cmd.status)
 app.command("list")(enclaves_cmd.list_enclaves)
 app.command("check")(check_cmd.check)
+app.command("monitor")(monitor_cmd.monitor)
 app.add_typer(audit_app, name="audit")
 app.add_typer(incident_app, name="incident")
 app.add_typer(vault_app, name="vault")

@@ -7,23 +7,37 @@
     GET  /status                       mode, since, trigger, incident, approvals, kills, ...
     POST /drill    {"phase": "kill"}   a drill's kill (needs ``kill``); then
                    {"phase": "finish", "client_ms": {...}}  its resume and ``drill.result``
+    POST /drift    {"reason": "..."}   compliance drift found (``enclave monitor``): record it
+                                       and, with ``spec.compliance.onDrift: kill``, kill
 
 ``/kill`` and ``/resume`` take the caller's enclave API token (``Authorization: Bearer``), which
 the controller checks itself against Vault (:mod:`enclave.shutdown.authority`); every call,
-refused ones too, is written to the controller's audit log. Answers are JSON; a refusal is
-``{"error": {"code", "message"}}`` with:
+refused ones too, is written to the controller's audit log.
+
+``/drift`` and ``/status`` take no token: the socket's file mode is their only gate. A drift
+report can only make the enclave safer (a ``shutdown.drift`` record, plus the kill that the spec
+itself asks for; never a resume, which still needs the quorum); whoever can reach the socket is
+root on the host and could stop the containers directly; and a token would have to be a
+person's kill-capable token left on disk for a daemon. The drift record and the kill's trigger
+name no principal: they are the controller's own.
+
+Answers are JSON; a refusal is ``{"error": {"code", "message"}}`` with:
 
 =====  ======================  ================================================================
 HTTP   code                    meaning
 =====  ======================  ================================================================
 200                            killed (the body lists every step), or resumed
+200                            drift recorded: ``{"on_drift": "alert"|"kill", "mode", ...}``;
+                               with ``kill``, also the kill's outcome (``accepted`` is false
+                               when the enclave was already killed)
 202                            the approval was counted; more are needed
-400    ``invalid_request``     no reason given for a kill
+400    ``invalid_request``     no reason given for a kill or a drift report
 401    ``invalid_api_key``     no, a malformed, an unknown, a revoked or an expired token
 403    ``forbidden``           the caller's roles do not grant ``kill`` / ``resume``
 403    ``self_approval``       the caller killed the enclave and may not approve its resume
 409    ``conflict``            a kill while the enclave is already killing or killed
-409    ``replayed_approval``   the caller has already approved this resume
+409    ``replayed_approval``   the caller has already approved this resume (once a quorum's
+                               resume has failed, its approvers asking again retry it)
 409    ``not_killed``          a resume approval while the enclave is not killed
 500    ``resume_failed``       the quorum was met but the resume failed: still killed
 503    ``auth_unavailable``    the token could not be checked (Vault sealed or unreachable)
@@ -128,12 +142,30 @@ def create_api(controller: Controller) -> Starlette:
         )
         return JSONResponse(answer, status)
 
+    async def drift(request: Request) -> JSONResponse:
+        body = await request.body()
+        reason: object = None
+        if len(body) <= MAX_BODY:
+            with contextlib.suppress(ValueError):
+                data = json.loads(body or b"{}")
+                reason = data.get("reason") if isinstance(data, dict) else None
+        if not isinstance(reason, str) or not reason.strip():
+            message = "give a reason: a non-empty string (the drifted checks)"
+            return JSONResponse({"error": {"code": "invalid_request", "message": message}}, 400)
+        on_drift = "kill" if controller.settings.drift_kills else "alert"
+        outcome = await controller.drift(reason.strip())
+        answer = {"on_drift": on_drift, "mode": controller.mode.value}
+        if outcome is not None:
+            answer.update(outcome.as_dict())
+        return JSONResponse(answer)
+
     return Starlette(
         routes=[
             Route("/kill", kill, methods=["POST"]),
             Route("/resume", resume, methods=["POST"]),
             Route("/status", status, methods=["GET"]),
             Route("/drill", drill, methods=["POST"]),
+            Route("/drift", drift, methods=["POST"]),
         ]
     )
 
@@ -218,6 +250,25 @@ async def serve(
 # -- the client ---------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _listening(name: str, path: Path, timeout: float) -> Iterator[None]:
+    """Raise :class:`ServiceError` unless something accepts connections at ``name``.
+
+    httpx's unix-socket transport leaves the socket of a refused connect open (a
+    ResourceWarning, and a file descriptor lost per call in a long-running caller), so a
+    controller that is down is found here first, on a socket that is always closed.
+    """
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(timeout)
+        try:
+            probe.connect(name)
+        except OSError as exc:
+            raise ServiceError(
+                f"the shutdown controller at {path} did not answer ({type(exc).__name__})"
+            ) from None
+    yield
+
+
 class ControllerClient:
     """Calls one controller's API over its socket (what ``enclave kill|resume`` use)."""
 
@@ -237,6 +288,7 @@ class ControllerClient:
         try:
             with (
                 _reachable(self.path) as name,
+                _listening(name, self.path, min(self.timeout, 5.0)),
                 httpx.Client(
                     # plain HTTP on a unix socket: no TLS context (and its CA bundle) to load
                     transport=httpx.HTTPTransport(uds=name, verify=False),
@@ -255,3 +307,7 @@ class ControllerClient:
         except ValueError:
             data = {}
         return answer.status_code, data if isinstance(data, dict) else {}
+
+    def drift(self, reason: str) -> tuple[int, dict[str, Any]]:
+        """``POST /drift``: report compliance drift (what ``enclave monitor`` calls)."""
+        return self.call("POST", "/drift", body={"reason": reason})

@@ -39,7 +39,10 @@ detached -> gateways off the internal network -> every workload Vault token revo
 sealed when the spec says so). The KILL goes out at once; the ``shutdown.kill`` record and the
 incident are written while it is in flight, and each step's result joins the incident's
 timeline as it ends. The incident stays open (``mitigated`` once every step succeeded) until a
-resume closes it.
+resume closes it. A step that failed (the Docker engine down, a gateway unreachable) is tried
+again every ``retry_every`` seconds for as long as the enclave stays killed, until it succeeds;
+so are the engine and Vault steps after a restart while killed, and after a failed resume
+(which may have started containers and issued credentials).
 
 **The resume** needs ``spec.shutdown.resumeApprovals`` approvals from distinct principals
 holding ``resume`` (not the one who killed, with ``resumeExcludesTrigger``; an approval counts
@@ -47,7 +50,8 @@ for :data:`~enclave.shutdown.state.APPROVAL_TTL`). The approval that completes t
 it: the workload restarted through the backend (fresh credentials, in a worker thread), then a
 heartbeat and RESUME to every gateway, then every gateway's ``/healthz`` must answer 200; only
 then is the enclave ``serving`` and the incident closed. If any of it fails the gateways are
-told KILL again and the enclave stays ``killed`` with the reason recorded. A kill that arrives
+told KILL again and the enclave stays ``killed`` with the reason recorded (and its approvals
+kept: any of its approvers approving again runs the resume again). A kill that arrives
 mid-resume aborts it (the kill runs at once; the resume notices and stops).
 
 Every transition happens under one :class:`asyncio.Lock`, so any number of concurrent kill and
@@ -123,6 +127,8 @@ class ControllerSettings:
     backoff: float = 0.05
     poll_interval: float = 0.2
     """Seconds between two reads of the gateways' audit logs."""
+    retry_every: float = 5.0
+    """Seconds between two tries, while killed, of the kill steps still undone."""
 
     @classmethod
     def from_spec(cls, spec: EnclaveSpec, *, lost_heartbeat_kills: bool = False) -> Self:
@@ -204,6 +210,9 @@ class _ResumeError(EnclaveError):
     """A resume step failed (the message says which)."""
 
 
+_RESUMES = frozenset({ApprovalOutcome.QUORUM, ApprovalOutcome.RETRY})
+"""The approval outcomes that start the resume."""
+
 # the answers refused approvals get: (HTTP status, error code)
 _APPROVAL_REFUSALS = {
     ApprovalOutcome.TRIGGERER: (403, "self_approval"),
@@ -253,6 +262,8 @@ class Controller:
         self.lost: set[str] = set()
         self.last_kill: KillOutcome | None = None
         self.last_resume: ResumeOutcome | None = None
+        self.undone: set[Step] = set()
+        """Kill steps still to do while killed (:meth:`_finish_kill`)."""
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._kill_settings = KillSettings(
@@ -300,7 +311,17 @@ class Controller:
             )
         else:  # killed (a resume that was under way is redone from killed: enclave.shutdown.state)
             reason = trigger.reason if trigger else "killed"
-            answer = await self._deny_all(f"killed (controller restarted): {reason}")
+            denied = await attempt(
+                Step.DENY,
+                lambda: self.effects.deny(f"killed (controller restarted): {reason}"[:MAX_REASON]),
+                self._kill_settings,
+            )
+            answer = denied.detail
+            # what the last kill left undone, or a resume half-started, is not known here: the
+            # engine and Vault steps are made sure of again (each is a no-op when done)
+            self.undone = {Step.STOP_MODELS, Step.DETACH, Step.REVOKE}
+            if not denied.ok:
+                self.undone.add(Step.DENY)
             log.warning("enclave %s is killed; KILL sent again: %s", self.enclave, answer)
             incident = self.machine.state.incident
             if incident is not None:
@@ -324,6 +345,7 @@ class Controller:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self.heartbeater.run(stop), name="heartbeat")
                 tasks.create_task(self._watch_heartbeats(stop), name="heartbeat-watch")
+                tasks.create_task(self._finish_kills(stop), name="kill-finisher")
                 if self.tails:
                     tasks.create_task(self._watch_violations(stop), name="violation-watch")
         finally:
@@ -397,6 +419,7 @@ class Controller:
                 self.machine.set_incident(incident)
             if self.machine.mode is Mode.KILLING:
                 self.machine.killed()
+                self.undone = {r.step for r in results if not r.ok}
             mode = self.machine.mode
         failed = [r.step.value for r in results if not r.ok]
         if incident is not None:
@@ -474,12 +497,12 @@ class Controller:
                     "an approval",
                     self.journal.note,
                     state.incident,
-                    f"resume approved by {caller.principal} "
-                    f"({len(approvers)} of {self.machine.required})",
+                    f"resume {'retried' if outcome is ApprovalOutcome.RETRY else 'approved'} by "
+                    f"{caller.principal} ({len(approvers)} of {self.machine.required})",
                     principal=caller.principal,
                     evidence=[seq],
                 )
-            if outcome is ApprovalOutcome.QUORUM:
+            if outcome in _RESUMES:
                 self.machine.begin_resume()
                 task = self._spawn(self._resume(approvers))
         if task is None:
@@ -509,6 +532,7 @@ class Controller:
                 if self.machine.mode is not Mode.RESUMING:
                     return await self._resume_aborted(approvers)
                 self.machine.resumed()
+                self.undone.clear()
                 self.window.reset(time.time())
         except Exception as exc:
             return await self._resume_failed(approvers, exc, started)
@@ -599,6 +623,8 @@ class Controller:
                 self.beating.clear()
                 await self._deny_all(f"resume failed: {why}")
                 self.machine.resume_failed()
+                # the restart may have started containers and handed out credentials
+                self.undone |= {Step.STOP_MODELS, Step.DETACH, Step.REVOKE}
             mode = self.machine.mode
             incident = self.machine.state.incident
         log.error("resume of enclave %s failed, it stays killed: %s", self.enclave, why)
@@ -626,6 +652,54 @@ class Controller:
         )
         self.last_resume = outcome
         return outcome
+
+    async def _finish_kills(self, stop: asyncio.Event) -> None:
+        """While killed, try the kill's undone steps again every ``retry_every`` seconds (at
+        once when the controller starts killed)."""
+        while not stop.is_set():
+            if self.undone and self.machine.mode is Mode.KILLED:
+                await self._finish_kill()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.settings.retry_every)
+
+    async def _finish_kill(self) -> None:
+        """One try of each undone kill step (the engine down, a gateway unreachable, Vault
+        sealed: whatever failed), in the kill's order; each success joins the incident.
+
+        Under the lock, so no resume starts while a step runs (a model container must not be
+        stopped under a resume that has just started it). One try per step and round keeps
+        the lock short; the next round comes ``retry_every`` seconds later.
+        """
+        async with self._lock:
+            if self.machine.mode is not Mode.KILLED:
+                return
+            trigger = self.machine.state.trigger
+            reason = f"killed: {trigger.reason if trigger else 'killed'}"[:MAX_REASON]
+            # offsets from the trigger, by the wall clock (this process may not have seen it)
+            t0 = None if trigger is None else time.perf_counter() - (time.time() - trigger.at)
+            calls = {
+                Step.DENY: lambda: self.effects.deny(reason),
+                Step.STOP_MODELS: self.effects.stop_models,
+                Step.DETACH: self.effects.detach_networks,
+                Step.REVOKE: self.effects.revoke,
+                Step.SEAL: self.effects.seal,
+            }
+            once = KillSettings(seal=self.settings.seal, attempts=1)
+            done: list[StepResult] = []
+            for step in [s for s in Step if s in self.undone]:
+                result = await attempt(step, calls[step], once, t0=t0)
+                if result.ok:
+                    self.undone.discard(step)
+                    done.append(result)
+            incident = self.machine.state.incident
+            left = sorted(s.value for s in self.undone)
+        for result in done:
+            log.warning("kill step done on a later try: %s", result.text)
+            if incident is not None:
+                await self.journal.quietly("a kill step", self.journal.action, incident, result)
+        if done and not left and incident is not None:
+            note = "every kill step done (" + ", ".join(r.step.value for r in done) + " later)"
+            await self.journal.quietly("the kill's end", self.journal.mitigated, incident, note)
 
     # -- the other triggers -----------------------------------------------------------------
 
@@ -774,7 +848,7 @@ class Controller:
             status, code = refused
             body["error"] = {"code": code, "message": self._approval_message(caller, result)}
             return status, body
-        if result.outcome is ApprovalOutcome.QUORUM and not result.resumed:
+        if result.outcome in _RESUMES and not result.resumed:
             body["error"] = {"code": "resume_failed", "message": result.error}
             return 500, body
         return (200 if result.resumed else 202), body
@@ -935,6 +1009,7 @@ class Controller:
             "required": self.machine.required,
             "excludes_trigger": self.machine.exclude_trigger,
             "kills": state.kills,
+            "undone": [step.value for step in Step if step in self.undone],
             "heartbeating": self.beating.is_set(),
             "gateways": [
                 {

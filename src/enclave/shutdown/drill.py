@@ -1,10 +1,23 @@
 """Synthetic load for a kill drill, and what it saw of the kill.
 
-:class:`DrillLoad` keeps, through a gateway, ``streams`` long streaming chats and one loop of
-short requests going, each on its own connection, from threads. Once the drill's kill is sent it
+The load runs ``streams`` streaming chats, one loop of short requests and one loop of probes
+through a gateway, each on its own connection, from threads. Once the drill's kill is sent it
 notes, from the client's side, how long until a new request was refused ``503
-enclave_shutdown`` (``deny``) and until every stream in flight got its terminal error event or
-was closed (``stream_cut``). Traffic goes only to the gateway URL it is given.
+enclave_shutdown`` (``deny``) and until every stream that was in flight got its terminal error
+event (``stream_cut``), and counts requests sent after the kill that were served (there must be
+none). Traffic goes only to the gateway URL it is given.
+
+The probes keep ``deny`` independent of the model's speed: a real request sent just before the
+kill is answered only when its model has finished (or died), so the next real request, the first
+that can be refused, may leave long after the kill. A probe is a chat request for a model no
+enclave serves (:data:`PROBE_MODEL`): the gateway answers it at once, ``404 model_not_found``
+while serving and ``503 enclave_shutdown`` from the moment it denies (the shutdown state is
+checked before the model is looked up, for every request). A probe reaches no model, uses no
+share of the principal's rate limit and is never served.
+
+Streams are in flight at the kill only if the model is slow enough: a fast model has finished
+every stream before the kill lands, and ``stream_cut`` is then not measured (``enclave runtime
+serve --token-delay``, given through ``spec.models[].args``, slows the reference model).
 """
 
 from __future__ import annotations
@@ -19,6 +32,10 @@ import httpx
 __all__ = ["DrillLoad", "LoadSeen"]
 
 PURPOSE = "x-enclave-purpose"
+PROBE_MODEL = "enclave-drill-probe/no-such-model"
+"""The model a probe asks for: not a valid model name, so no enclave serves it."""
+PROBE_EVERY = 0.005
+"""Seconds between two probes."""
 STREAM_TOKENS = 24
 """Short streams, looping: some are always in flight, and little generated text means little
 for the output screen to trip on (a tripped screen counts towards the violation-rate kill)."""
@@ -48,11 +65,21 @@ class LoadSeen:
 class DrillLoad:
     """Streams and requests through ``url`` with ``token`` for ``purpose`` until stopped."""
 
-    def __init__(self, url: str, token: str, *, purpose: str, model: str, streams: int = 4) -> None:
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        *,
+        purpose: str,
+        model: str,
+        streams: int = 4,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         self.url = url.rstrip("/")
         self.headers = {"authorization": f"Bearer {token}", PURPOSE: purpose}
         self.model = model
         self.streams = streams
+        self._transport = transport
         self.seen = LoadSeen()
         self._t0: float | None = None
         self._killed_at: float | None = None
@@ -64,6 +91,7 @@ class DrillLoad:
         for index in range(self.streams):
             self._start(self._stream_loop, f"drill-stream-{index}")
         self._start(self._request_loop, "drill-requests")
+        self._start(self._probe_loop, "drill-probes")
         return self
 
     def __exit__(self, *_exc: object) -> None:
@@ -87,16 +115,18 @@ class DrillLoad:
     def _since(self) -> float | None:
         return None if self._t0 is None else time.perf_counter() - self._t0
 
-    def _body(self, *, stream: bool, max_tokens: int) -> dict[str, object]:
+    def _body(self, *, stream: bool, max_tokens: int, model: str = "") -> dict[str, object]:
         return {
-            "model": self.model,
+            "model": model or self.model,
             "stream": stream,
             "max_tokens": max_tokens,
             "messages": [{"role": "user", "content": "Translate into French: a long report."}],
         }
 
     def _client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=30.0, trust_env=False)
+        return httpx.Client(
+            base_url=self.url, timeout=30.0, trust_env=False, transport=self._transport
+        )
 
     def _request_loop(self) -> None:
         with self._client() as client:
@@ -111,6 +141,16 @@ class DrillLoad:
                     self._note_answer(answer, sent)
                 time.sleep(0.002)
 
+    def _probe_loop(self) -> None:
+        body = self._body(stream=False, max_tokens=1, model=PROBE_MODEL)
+        with self._client() as client:
+            while not self._stop.is_set():
+                with contextlib.suppress(httpx.HTTPError):
+                    answer = client.post("/v1/chat/completions", json=body, headers=self.headers)
+                    with self._lock:
+                        self._note_denial(answer, self._since())
+                time.sleep(PROBE_EVERY)
+
     def _note_answer(self, answer: httpx.Response, sent: float) -> None:
         since = self._since()
         with self._lock:
@@ -119,13 +159,18 @@ class DrillLoad:
                 self.seen.ok += 1
                 if self._killed_at is not None and sent > self._killed_at:
                     self.seen.served_after += 1
-            elif (
-                answer.status_code == 503
-                and since is not None
-                and self.seen.denied_at is None
-                and b"enclave_shutdown" in answer.content
-            ):
-                self.seen.denied_at = since
+            else:
+                self._note_denial(answer, since)
+
+    def _note_denial(self, answer: httpx.Response, since: float | None) -> None:
+        """The first ``503 enclave_shutdown`` after the kill was sent (call under the lock)."""
+        if (
+            answer.status_code == 503
+            and since is not None
+            and self.seen.denied_at is None
+            and b"enclave_shutdown" in answer.content
+        ):
+            self.seen.denied_at = since
 
     def _stream_loop(self) -> None:
         with self._client() as client:

@@ -9,6 +9,10 @@ while ``resuming`` is back in ``killed`` with its approvals kept (the resume is 
 Resume needs approvals from ``required`` distinct principals holding ``resume``; with
 ``exclude_trigger`` the principal who killed cannot approve. An approval older than
 ``approval_ttl`` no longer counts; the same principal approving twice counts once (a replay).
+A resume that failed (or was cut short by a controller restart) leaves the enclave killed with
+its quorum's approvals kept: any of those approvers asking again tries the resume again
+(:attr:`ApprovalOutcome.RETRY`), so a technical failure never locks out the very people who
+approved until their approvals expire.
 Every method is synchronous and quick: the controller calls them under its own lock.
 """
 
@@ -78,6 +82,8 @@ class ApprovalOutcome(StrEnum):
     COUNTED = "counted"
     QUORUM = "quorum"
     """This approval completed the quorum: the caller resumes now."""
+    RETRY = "retry"
+    """The quorum stands (its resume failed): this approver asks again, the caller resumes."""
     REPLAYED = "replayed"
     TRIGGERER = "triggerer"
     NOT_KILLED = "not-killed"
@@ -238,7 +244,8 @@ class StateMachine:
 
     def approve(self, principal: str) -> ApprovalOutcome:
         """Record ``principal``'s approval to resume; :attr:`ApprovalOutcome.QUORUM` when it
-        completes the quorum (the caller then calls :meth:`begin_resume`)."""
+        completes the quorum, :attr:`ApprovalOutcome.RETRY` when ``principal`` is one of a
+        quorum whose resume failed (the caller then calls :meth:`begin_resume`)."""
         state = self.state
         if state.mode is not Mode.KILLED:
             return ApprovalOutcome.NOT_KILLED
@@ -248,6 +255,8 @@ class StateMachine:
         if self.exclude_trigger and trigger is not None and trigger.principal == principal:
             return ApprovalOutcome.TRIGGERER
         if any(a.principal == principal for a in state.approvals):
+            if len(state.approvals) >= self.required:
+                return ApprovalOutcome.RETRY
             return ApprovalOutcome.REPLAYED
         state.approvals.append(Approval(principal, now, f"res-{secrets.token_hex(6)}"))
         self._save()
