@@ -14,7 +14,9 @@ help:
 	@echo "make demo       write the example enclave under .demo/, validate it, bring it up on"
 	@echo "                Docker (images built offline, embedded Vault), send a permitted, a"
 	@echo "                prohibited and an approved request through its gateway, verify"
-	@echo "                its audit log, then kill it and resume it with two approvals;"
+	@echo "                its audit log, then kill it and resume it with two approvals,"
+	@echo "                run a kill drill and print its compliance summary (failures of"
+	@echo "                this machine's own settings waived, signed and shown as such);"
 	@echo "                it keeps running"
 	@echo "make test       run every test tier (unit, integration, e2e) against real services"
 	@echo "make lint       ruff lint + format check + import-linter contracts"
@@ -44,6 +46,7 @@ demo: setup
 	$(VENV)/bin/enclave --state-dir $(DEMO_STATE) status demo
 	@echo "the demo enclave keeps running; stop it with:" \
 	     "$(VENV)/bin/enclave --state-dir $(DEMO_STATE) down demo"
+	$(PY) scripts/demo_requests.py --spec .demo/enclave.yaml --state-dir $(DEMO_STATE) --compliance
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)

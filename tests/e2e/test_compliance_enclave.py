@@ -3,17 +3,23 @@
 The enclave passes every check it controls (container runtime, networks, firewall, secrets,
 Vault, usage policy, weights, audit log); the host's and the Docker engine's settings are
 reported as they are on this machine, with their evidence. Then it is broken for real, one way
-at a time: a foreign container attached to its internal network, a tampered copy of its audit
-log, Docker unreachable, Vault stopped; and a signed waiver turns a failure into "waived".
+at a time: a foreign container attached to its internal network, the model container's memory
+limit raised with ``docker update`` (the "break it" walk-through of ``docs/compliance.md``), a
+tampered copy of its audit log, Docker unreachable, Vault stopped; a signed waiver turns a
+failure into "waived"; ``make demo``'s compliance step (a kill drill, then the baseline with
+this machine's own failures waived) passes; and the live OSCAL report validates against the
+OSCAL schema.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,11 +29,13 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
+from trestle.oscal.assessment_results import Model
 
 from enclave import lifecycle
 from enclave.compliance import Status, default_baseline, evaluate, load_baseline
 from enclave.compliance.collectors import audit_facts
-from support import service_missing
+from enclave.compliance.waivers import load_waivers
+from support import REPO_ROOT, service_missing
 from support.compliance import compliant_facts
 from support.enclave_up import (
     UP_TIMEOUT,
@@ -58,6 +66,7 @@ CHECK_BUDGET_S = 2.0
 HOST_AREAS = ("HST", "DKR")
 """Checks of this machine's own settings: reported as they are, pass or fail."""
 DRILL_CHECKS = ("AIS-10", "AIS-11")
+DEMO_SCRIPT = REPO_ROOT / "scripts" / "demo_requests.py"
 
 
 @dataclass
@@ -113,10 +122,7 @@ def enclave(
     root = tmp_path_factory.mktemp("compliance")
     name = f"cc{secrets.token_hex(3)}"
     state = state_dir(root)
-    spec = write_spec(root, name, free_port())
-    spec.write_text(
-        spec.read_text().replace("metadata:\n", "metadata:\n  labels: {owner: ml-platform}\n", 1)
-    )
+    spec = write_spec(root, name, free_port())  # the example names an owner (AIS-13)
     try:
         done = run_enclave(state, "up", str(spec), "--json", timeout=UP_TIMEOUT)
         assert done.returncode == 0, f"enclave up exited {done.returncode}: {done.stderr[-3000:]}"
@@ -260,6 +266,99 @@ def test_a_signed_waiver_is_reported_as_waived_and_a_bad_one_as_ignored(enclave:
         assert ignored["problem"] == "bad signature (edited, or signed for another enclave or key)"
     finally:
         waivers.unlink()
+
+
+def test_raising_the_model_memory_limit_fails_ctr_12_with_evidence_and_controls(
+    enclave: Up, docker_client: DockerClient
+) -> None:
+    """docs/compliance.md's "break it" walk-through, step by step."""
+    model = docker_client.containers.get(f"enclave-{enclave.name}-model-assistant")
+    host = model.attrs["HostConfig"]
+    memory, swap = int(host["Memory"]), int(host["MemorySwap"])
+    assert memory > 0 and swap == memory
+    before, _ = enclave.check("--fail-on", "high")
+    model.update(mem_limit="2g", memswap_limit="4g")
+    try:
+        table, _ = enclave.check()
+        report = enclave.report()
+        high, _ = enclave.check("--fail-on", "high")
+    finally:
+        model.update(mem_limit=memory, memswap_limit=swap)
+    assert table.returncode == 1  # a medium check failed, and --fail-on is low by default
+    target = f"container enclave-{enclave.name}-model-assistant"
+    details = table.stdout[table.stdout.index("CTR-12 fail:") :]
+    assert details.startswith(f"CTR-12 fail: Memory is limited, with no extra swap ({target})")
+    for line in (
+        "  evidence container.memory = 2147483648",
+        "  evidence container.memory_swap = 4294967296",
+        "  controls: nist-800-53 SC-5, SC-6; cis-docker 5.10",
+    ):
+        assert line in details.splitlines()[:5], details[:600]
+    (failed,) = [r for r in by_id(report)["CTR-12"] if r["status"] == "fail"]
+    assert failed["target"] == target and failed["severity"] == "medium"
+    assert failed["evidence"] == {
+        "container.memory": 2 * 1024**3,
+        "container.memory_swap": 4 * 1024**3,
+    }
+    assert failed["mappings"]["nist-800-53"] == ["SC-5", "SC-6"]
+    # a medium failure is reported, but does not change the exit status under --fail-on high
+    assert high.returncode == before.returncode, high.stdout[-2000:]
+    # restored: the check passes again
+    assert {r["status"] for r in by_id(enclave.report())["CTR-12"]} == {"pass"}
+
+
+def test_the_oscal_report_of_the_live_enclave_validates(enclave: Up, tmp_path: Path) -> None:
+    out = tmp_path / "ar.json"
+    done, _ = enclave.check("--format", "oscal", "--fail-on", "never", "--output", str(out))
+    assert done.returncode == 0, done.stderr
+    parsed = Model.model_validate(json.loads(out.read_text()))
+    (result,) = parsed.assessment_results.results
+    assert len(result.findings or []) == len(enclave.report()["results"])
+
+
+def test_the_demo_compliance_step_waives_only_this_machines_own_settings(enclave: Up) -> None:
+    """``make demo``'s last step: a kill drill, then the baseline; whatever fails must be a
+    setting of this machine (Docker daemon, kernel, auditd), waived, signed and shown."""
+    waivers = lifecycle.enclave_dir(enclave.state, enclave.name) / "waivers.yaml"
+    argv = [sys.executable, str(DEMO_SCRIPT), "--spec", str(enclave.spec)]
+    try:
+        done = subprocess.run(
+            [*argv, "--state-dir", str(enclave.state), "--compliance"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+        lines = done.stdout.splitlines()
+        assert f"drill of enclave {enclave.name}: PASSED" in done.stdout
+        summary = re.fullmatch(
+            r"compliance: (\d+) pass, 0 fail, 0 error, (\d+) waived"
+            r"( \(host: development VM\))?, (\d+) not-applicable",
+            lines[-1],
+        )
+        assert summary, lines[-3:]
+        entries = load_waivers(waivers) if waivers.exists() else []
+        report = enclave.report()
+        counts = report["summary"]
+        assert [int(summary.group(n)) for n in (1, 2, 4)] == [
+            counts["pass"], counts["waived"], counts["not-applicable"]
+        ]  # fmt: skip
+        assert counts["fail"] == counts["error"] == 0
+        waived = [r for r in report["results"] if r["status"] == "waived"]
+        assert {(r["id"], r["target"]) for r in waived} == {(w.check, w.target) for w in entries}
+        for entry in entries:
+            assert entry.check[:4] in ("DKR-", "HST-") and entry.check != "HST-11"
+            assert entry.approver == "make demo" and entry.signature.startswith("v1=")
+            assert entry.reason.startswith("host: development VM")
+        assert all(w["valid"] for w in report["waivers"])
+        for result in waived:  # shown with its evidence and its waiver, never hidden
+            assert result["evidence"] and result["waiver"]["approver"] == "make demo"
+        assert {r["status"] for r in report["results"] if r["id"] in DRILL_CHECKS} == {"pass"}
+        if waived:
+            assert f"{waived[0]['id']} waived:" in done.stdout
+    finally:
+        waivers.unlink(missing_ok=True)
 
 
 def test_unreachable_docker_is_an_error_exit_5(enclave: Up) -> None:

@@ -2,9 +2,9 @@
 
 The report comes from the shipped baseline judged against ``compliance_facts.json`` with a
 privileged gateway (a failure, and a waived one on the second container), Vault unreachable
-(errors) and one ignored waiver. No SARIF or OSCAL JSON schema is available offline (and
-``jsonschema`` is not installed), so the structure is checked by hand against the fields each
-specification requires.
+(errors) and one ignored waiver. The OSCAL document is validated against NIST's OSCAL schema
+through compliance-trestle's models (generated from it); no SARIF schema is available offline,
+so SARIF's structure is checked by hand against the fields the specification requires.
 """
 
 from __future__ import annotations
@@ -17,13 +17,16 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
+from trestle.oscal import OSCAL_VERSION as SCHEMA_VERSION
+from trestle.oscal.assessment_results import Model
 
 from enclave.cli import check as check_cli
 from enclave.cli.main import main
 from enclave.compliance import Report, Status, Waiver, default_baseline, evaluate, load_baseline
 from enclave.compliance.model import Severity
 from enclave.compliance.reporters import to_junit, to_markdown, to_oscal, to_sarif
-from enclave.compliance.reporters.oscal import control_id
+from enclave.compliance.reporters.oscal import OSCAL_VERSION, control_id
 from enclave.compliance.reporters.sarif import LEVELS
 from support.compliance import compliant_facts
 
@@ -177,7 +180,7 @@ def test_oscal_has_the_required_assessment_results_structure(report: Report) -> 
     ar = document["assessment-results"]
     assert UUID.match(ar["uuid"])
     meta = ar["metadata"]
-    assert meta["title"] and meta["version"] and meta["oscal-version"] == "1.1.2"
+    assert meta["title"] and meta["version"] and meta["oscal-version"] == OSCAL_VERSION
     assert STAMP.match(meta["last-modified"])
     assert ar["import-ap"]["href"].startswith("file://")
     (result,) = ar["results"]
@@ -235,6 +238,47 @@ def test_oscal_observations_carry_the_evidence(report: Report) -> None:
     assert all("Vault unreachable" in o["relevant-evidence"][0]["description"] for o in errors)
 
 
+def test_oscal_validates_against_the_oscal_schema(report: Report) -> None:
+    """compliance-trestle's models are generated from NIST's OSCAL JSON schema: required
+    fields, no unknown ones, UUIDs, tokens, zoned date-times, URIs and enumerations."""
+    assert OSCAL_VERSION == SCHEMA_VERSION
+    document = json.loads(to_oscal(report))
+    parsed = Model.model_validate(document)
+    results = parsed.assessment_results.results
+    assert len(results) == 1 and len(results[0].findings or []) == len(report.results)
+    # the validator is not a formality: one wrong field and the document is refused
+    broken = json.loads(to_oscal(report))
+    broken["assessment-results"]["results"][0]["findings"][0]["target"]["status"]["state"] = "ok"
+    with pytest.raises(ValidationError, match="satisfied"):
+        Model.model_validate(broken)
+
+
+HOSTILE = 'x"><script>alert(1)</script>\u0000 \n\t-- ]]> '
+"""Text a container's owner controls (its name, labels): quotes, markup, NUL, new lines."""
+
+
+def hostile_report(*, privileged: bool) -> Report:
+    """Every container renamed to hostile text (a leading space too) and, when ``privileged``,
+    failing CTR-01 under a waiver whose every field is hostile too."""
+    facts = compliant_facts()
+    facts.instances["container"] = [
+        (f" {HOSTILE}{n}", {**values, "name": f"{HOSTILE}{n}", "privileged": privileged})
+        for n, (_, values) in enumerate(facts.instances["container"])
+    ]
+    facts.values["containers"] = [values for _, values in facts.instances["container"]]
+    waiver = Waiver("CTR-01", None, HOSTILE, HOSTILE, FAR, True)
+    return evaluate(BASELINE, facts, enclave="demo", waivers=[waiver])
+
+
+def test_oscal_of_an_all_passing_run_and_of_hostile_text_validates() -> None:
+    passing = evaluate(BASELINE, compliant_facts(), enclave="demo")
+    assert not passing.counts()["fail"] and not passing.counts()["error"]
+    hostile = hostile_report(privileged=True)
+    assert hostile.counts()["waived"] == 2
+    for built in (passing, hostile):
+        Model.model_validate(json.loads(to_oscal(built, assessment_plan="urn:enclave:plan")))
+
+
 @pytest.mark.parametrize(
     ("nist", "oscal"), [("AC-6", "ac-6"), ("AC-6(9)", "ac-6.9"), ("SI-04", "si-4"), ("x y", "x.y")]
 )
@@ -253,7 +297,7 @@ def cli(report: Report, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path
     return tmp_path
 
 
-@pytest.mark.parametrize("fmt", ["junit", "sarif", "markdown", "oscal"])
+@pytest.mark.parametrize("fmt", ["junit", "sarif", "markdown", "oscal", "html"])
 def test_the_cli_writes_each_format_to_a_file(cli: Path, fmt: str) -> None:
     out = cli / f"report.{fmt}"
     # Vault could not be reached: exit 5 (it takes precedence over the failures)
@@ -263,6 +307,8 @@ def test_the_cli_writes_each_format_to_a_file(cli: Path, fmt: str) -> None:
         assert ET.fromstring(text).tag == "testsuites"  # noqa: S314 - our own output
     elif fmt == "markdown":
         assert text.startswith("# Compliance report")
+    elif fmt == "html":
+        assert text.startswith("<!DOCTYPE html>") and text.rstrip().endswith("</html>")
     else:
         assert isinstance(json.loads(text), dict)
 

@@ -13,7 +13,7 @@ from enclave.cli.console import err, out
 from enclave.cli.context import state_dir
 from enclave.compliance.model import Severity
 from enclave.compliance.report import render_table, to_json
-from enclave.compliance.reporters import to_junit, to_markdown, to_oscal, to_sarif
+from enclave.compliance.reporters import to_html, to_junit, to_markdown, to_oscal, to_sarif
 from enclave.compliance.runner import CheckSettings, check_enclave, sign_waivers
 from enclave.errors import EnclaveError, InputError, ServiceError
 
@@ -35,6 +35,7 @@ class Format(StrEnum):
     SARIF = "sarif"
     MARKDOWN = "markdown"
     OSCAL = "oscal"
+    HTML = "html"
 
 
 _WRITERS: dict[Format, Callable[[Report], str]] = {
@@ -43,6 +44,7 @@ _WRITERS: dict[Format, Callable[[Report], str]] = {
     Format.SARIF: to_sarif,
     Format.MARKDOWN: to_markdown,
     Format.OSCAL: to_oscal,
+    Format.HTML: to_html,
 }
 
 
@@ -72,8 +74,8 @@ def check(
         Format,
         typer.Option(
             "--format",
-            help="Output format: a terminal table, JSON, JUnit XML, SARIF 2.1.0, Markdown, or "
-            "OSCAL assessment-results JSON.",
+            help="Output format: a terminal table, JSON, JUnit XML, SARIF 2.1.0, Markdown, "
+            "OSCAL assessment-results JSON, or one self-contained HTML page.",
         ),
     ] = Format.TABLE,
     output: Annotated[
@@ -106,7 +108,7 @@ def check(
     precedence over 1); 2 for a bad spec, baseline or waivers file.
     """
     if output is not None and fmt is Format.TABLE:
-        raise InputError("--output needs a file format (json, junit, sarif, markdown, oscal)")
+        raise InputError("--output needs a file format (json, junit, sarif, markdown, oscal, html)")
     settings = CheckSettings(name, state_dir(), spec=spec, baseline=baseline)
     if sign:
         signed = sign_waivers(settings)

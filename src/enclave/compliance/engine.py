@@ -52,30 +52,40 @@ _KIND_LABEL = {Target.DOCKER_CONTAINER: "containers", Target.DOCKER_NETWORK: "ne
 
 
 class _Subject:
-    """One target instance: its facts as a dict (evidence) and as a CEL context (rules)."""
+    """One target instance: its facts as a dict (evidence, Python checks) and as a CEL context
+    (rules) that holds only ``roots``, the fact roots its target's rules read.
 
-    def __init__(self, label: str, values: dict[str, Any]) -> None:
+    Converting facts into CEL values is most of the engine's cost: a container's context must
+    not carry every other container (``containers``) unless a container rule reads them, or
+    the time grows with the square of the number of containers.
+    """
+
+    def __init__(self, label: str, values: dict[str, Any], roots: frozenset[str]) -> None:
         self.label = label
         self.values = values
+        self._roots = roots
         self._context: cel.Context | None = None
 
     @property
     def context(self) -> cel.Context:
         if self._context is None:
-            self._context = cel.Context(variables=self.values)
+            self._context = cel.Context(
+                variables={r: v for r, v in self.values.items() if r in self._roots}
+            )
         return self._context
 
 
-def _subjects(facts: Facts) -> dict[Target, list[_Subject]]:
+def _subjects(facts: Facts, roots: Mapping[Target, frozenset[str]]) -> dict[Target, list[_Subject]]:
     shared = facts.values
     found: dict[Target, list[_Subject]] = {}
     for target in Target:
         root = INSTANCE_ROOTS.get(target)
+        needed = roots.get(target, frozenset())
         if root is None:
-            found[target] = [_Subject(target.value, shared)]
+            found[target] = [_Subject(target.value, shared, needed)]
         else:
             found[target] = [
-                _Subject(label, {**shared, root: values})
+                _Subject(label, {**shared, root: values}, needed)
                 for label, values in facts.instances.get(root, [])
             ]
     return found
@@ -161,7 +171,11 @@ def evaluate(
     by_check: dict[str, list[Waiver]] = {}
     for entry in waivers or ():
         by_check.setdefault(entry.check, []).append(entry)
-    subjects = _subjects(facts)
+    roots: dict[Target, frozenset[str]] = {}
+    for loaded in baseline.checks:
+        target = loaded.check.target
+        roots[target] = roots.get(target, frozenset()) | _needed(loaded)
+    subjects = _subjects(facts, roots)
     results: list[CheckResult] = []
     for loaded in baseline.checks:
         target = loaded.check.target

@@ -3,8 +3,8 @@
 A :class:`Check` is one entry of a baseline file (``policies/baseline/*.yaml``); a
 :class:`CheckResult` is one check judged against one target (a container, a network, the
 host, Vault, ...); a :class:`Report` is every result of one run with the collectors' timings
-and the waivers that were considered. Reporters (table, JSON, JUnit, SARIF, OSCAL and Markdown:
-:mod:`enclave.compliance.reporters`) only read a :class:`Report`, through
+and the waivers that were considered. Reporters (table, JSON, JUnit, SARIF, OSCAL, Markdown and
+HTML: :mod:`enclave.compliance.reporters`) only read a :class:`Report`, through
 :meth:`Report.as_dict` or its fields:
 
 =============  ==============================================================================

@@ -1,4 +1,4 @@
-"""OSCAL assessment-results (JSON, OSCAL 1.1.2): one result per run of the baseline.
+"""OSCAL assessment-results (JSON, OSCAL 1.2.1): one result per run of the baseline.
 
 Layout::
 
@@ -23,9 +23,11 @@ namespace. Control ids are OSCAL's form of the NIST ids (``AC-6(9)`` -> ``ac-6.9
 UUIDs are version 5, derived from the enclave, the run's start and the baseline digest: the
 same report always gives the same document.
 
-Not validated against the OSCAL JSON schema: it is not available offline here, so the tests
-check the required structure by hand (the fields NIST's 1.1.2 schema marks required for
-these assemblies).
+The tests validate the document against NIST's OSCAL schema, offline, through the pydantic
+models that ``compliance-trestle`` generates from the OSCAL JSON schema (a development
+dependency; the reporter itself needs nothing): required fields, no unknown ones, UUID,
+token, date-time and URI formats, enumerated values. :data:`OSCAL_VERSION` is the version of
+the schema those models were generated from, and a test keeps the two in step.
 """
 
 from __future__ import annotations
@@ -46,9 +48,10 @@ if TYPE_CHECKING:
 
 __all__ = ["NS", "OSCAL_VERSION", "control_id", "to_oscal"]
 
-OSCAL_VERSION = "1.1.2"
+OSCAL_VERSION = "1.2.1"
 NS = "https://enclave.dev/ns/oscal"
 _NIST = re.compile(r"^([A-Za-z]{2})-(\d+)(?:\((\d+)\))?$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _STATES: dict[Status, tuple[str, str]] = {
     Status.PASS: ("satisfied", "pass"),
     Status.FAIL: ("not-satisfied", "fail"),
@@ -76,8 +79,15 @@ def _stamp(when: datetime) -> str:
     return when.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+def _line(text: str) -> str:
+    """``text`` as OSCAL's one-line strings need it (titles, prop values): control characters
+    and runs of white space become one space, no space at either end, never empty. A target's
+    name is text the inspected system chose."""
+    return " ".join(_CONTROL.sub(" ", text).split()) or "-"
+
+
 def _prop(name: str, value: str) -> dict[str, str]:
-    return {"name": name, "ns": NS, "value": value}
+    return {"name": name, "ns": NS, "value": _line(value)}
 
 
 def _observation(result: CheckResult, ident: str, collected: str) -> dict[str, Any]:
@@ -89,7 +99,7 @@ def _observation(result: CheckResult, ident: str, collected: str) -> dict[str, A
         evidence.insert(0, {"description": f"why: {result.message}"})
     found: dict[str, Any] = {
         "uuid": ident,
-        "title": f"{check.id} on {result.target}",
+        "title": _line(f"{check.id} on {result.target}"),
         "description": f"{check.title}: {result.status.value} ({result.target}).",
         "props": [
             _prop("check-id", check.id),
@@ -128,7 +138,7 @@ def _finding(result: CheckResult, ident: str, observation: str) -> dict[str, Any
         status["remarks"] = remarks
     return {
         "uuid": ident,
-        "title": f"{check.id} {check.title} ({result.target})",
+        "title": _line(f"{check.id} {check.title} ({result.target})"),
         "description": f"{' '.join(check.rationale.split())} "
         f"Remediation: {' '.join(check.remediation.split())}",
         "props": props,
