@@ -55,7 +55,7 @@ TOKEN_DELAY_S = 0.05
 """Seconds per generated token: a 24-token stream of the drill's load lasts about 1.2 s."""
 REQUESTS_PER_MINUTE = 100_000
 SPEC_EDITS = (
-    ("lease: 3s", f"lease: {LEASE_S:g}s"),
+    ("lease: 2s", f"lease: {LEASE_S:g}s"),
     (
         "rateLimit: {requestsPerMinute: 60}",
         f"rateLimit: {{requestsPerMinute: {REQUESTS_PER_MINUTE}}}",

@@ -68,7 +68,7 @@ def test_validate_summarises_a_valid_spec(capsys: Output, workspace: Workspace) 
 def test_validate_reports_every_error_and_exits_2(capsys: Output, workspace: Workspace) -> None:
     good = workspace.example()
     bad = workspace.example(
-        ("roles: [analyst]}", "roles: [analyts]}"), ("lease: 3s", "lease: 1s"), name="bad.yaml"
+        ("roles: [analyst]}", "roles: [analyts]}"), ("lease: 2s", "lease: 1s"), name="bad.yaml"
     )
     code, out, err = run(capsys, "validate", str(bad), str(good))
     assert code == 2

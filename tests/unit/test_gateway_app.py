@@ -265,6 +265,32 @@ def test_rate_limit_and_shutdown(env: Env) -> None:
     assert env.client.get("/healthz").status_code == 200
 
 
+def test_a_kill_while_the_model_answers_releases_nothing(tmp_path: Path, model: NgramModel) -> None:
+    class KilledMeanwhile(httpx.AsyncBaseTransport):
+        """The model answers; the controller's kill lands before the answer is released."""
+
+        def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+            self.inner = inner
+            self.pipeline: Pipeline | None = None
+
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            answer = await self.inner.handle_async_request(request)
+            assert self.pipeline is not None
+            self.pipeline.state.kill("drill: mid-answer")
+            return answer
+
+    transport = KilledMeanwhile(httpx.ASGITransport(app=create_runtime(model, model_name="m")))
+    _app, made = make_env(tmp_path, model, transport=transport)
+    transport.pipeline = made.pipeline
+    with made.client:
+        answer = made.chat()
+    made.log.close()
+    assert (answer.status_code, error_code(answer)) == (503, "enclave_shutdown")
+    assert "choices" not in answer.text
+    completed = [r for r in made.records() if r.action == "response.chat"]
+    assert [(r.decision, r.reason) for r in completed] == [("deny", "enclave_shutdown")]
+
+
 def test_overload_is_shed_with_retry_after(env: Env) -> None:
     gateway = env.app.state.gateway
     gateway.in_flight = gateway.settings.max_in_flight

@@ -33,12 +33,12 @@ def denial(state: ShutdownState) -> Denial:
 
 def test_a_gateway_serves_only_while_it_holds_a_lease() -> None:
     clock = Clock()
-    state = ShutdownState.from_spec(Shutdown(), clock=clock)  # lease 3s
-    assert state.max_lease == 3.0
+    state = ShutdownState.from_spec(Shutdown(), clock=clock)  # lease 2s
+    assert state.max_lease == 2.0
     assert denial(state).message == NEVER_LEASED
     state.heartbeat()
     assert state.check() is None
-    clock.advance(2.999)
+    clock.advance(1.999)
     assert state.check() is None
     clock.advance(0.002)
     assert denial(state).message == LEASE_LAPSED

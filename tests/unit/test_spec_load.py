@@ -95,7 +95,7 @@ def test_missing_field_points_at_its_parent(workspace: Workspace) -> None:
         ("memory: 1Gi", "memory: 1Mi", "spec.models[0].resources.memory: input should be"),
         ("listen: 127.0.0.1:8443", "listen: gateway:8443", "spec.gateway.listen: invalid address"),
         ("address: embedded", "address: http://vault.example", "plain http is allowed only on"),
-        ("lease: 3s", "lease: 1s", "spec.shutdown.lease: lease must be longer than the heartbeat"),
+        ("lease: 2s", "lease: 1s", "spec.shutdown.lease: lease must be longer than the heartbeat"),
         ("classification: cui", "classification: secrett", "spec.classification: must be one of"),
         ("onDrift: alert", "onDrift: panic", "spec.compliance.onDrift: must be one of"),
         ("backend: docker", "backend: podman", "spec.backend: must be one of"),
@@ -244,6 +244,16 @@ def test_warnings_do_not_invalidate(workspace: Workspace) -> None:
     )
     assert [w.severity for w in loaded.warnings] == [Severity.WARNING]
     assert "no principal holds 'approve'" in loaded.warnings[0].message
+
+
+def test_a_lease_longer_than_two_heartbeats_is_a_located_warning(workspace: Workspace) -> None:
+    path = workspace.example(("lease: 2s", "lease: 5s"))
+    loaded = load_spec(path)
+    (warning,) = loaded.warnings
+    assert warning.path == "spec.shutdown.lease"
+    assert warning.line == line_of(path, "lease: 5s")
+    assert "more than two heartbeat intervals" in warning.message
+    assert load_spec(workspace.example(("lease: 2s", "lease: 1500ms"))).warnings == []
 
 
 def test_spec_round_trips_through_json(workspace: Workspace) -> None:

@@ -471,7 +471,17 @@ class _Gateway:
     async def release_whole(
         self, decision: GatewayDecision, status: int, content: bytes, headers: dict[str, str]
     ) -> Response:
-        """Screen a whole response and release it (or refuse it)."""
+        """Screen a whole response and release it (or refuse it).
+
+        A kill (or a lapsed lease) while the model was answering releases nothing: the answer
+        is dropped with ``503 enclave_shutdown``, as a stream in flight is cut.
+        """
+        stopped = self.pipeline.state.check()
+        if stopped is not None:
+            task = BackgroundTask(self.complete, decision, stopped)
+            return JSONResponse(
+                stopped.body(), stopped.status, {**stopped.headers(), **headers}, background=task
+            )
         if status >= 500:
             failure = Failure(502, "upstream_error", f"the model server failed (HTTP {status})")
             await self.complete(decision, failure)

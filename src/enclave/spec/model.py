@@ -168,7 +168,7 @@ class Usage(Strict):
 class Shutdown(Strict):
     heartbeat: Duration = timedelta(seconds=1)
     """How often the controller renews the gateways' lease."""
-    lease: Duration = timedelta(seconds=3)
+    lease: Duration = timedelta(seconds=2)
     """How long a gateway serves without a heartbeat before it denies everything."""
     violations_per_minute: int = Field(5, alias="violationsPerMinute", ge=1, le=100_000)
     """Policy violations per minute that trigger an automatic kill."""

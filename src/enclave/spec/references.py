@@ -196,6 +196,15 @@ def _check_shutdown(doc: Document, shutdown: Shutdown, rbac: Rbac | None) -> lis
         problems.append(
             doc.problem((*base, "lease"), "lease must be longer than the heartbeat interval")
         )
+    elif shutdown.lease > 2 * shutdown.heartbeat:
+        problems.append(
+            _warning(
+                doc,
+                (*base, "lease"),
+                "lease is more than two heartbeat intervals: a lost controller is noticed "
+                "only after the whole lease (the dead-man switch should trip within two)",
+            )
+        )
     if rbac is not None:
         resumers = _holders(rbac, Action.RESUME)
         available = len(resumers)
