@@ -272,7 +272,10 @@ def up(
     admin = timed("start Vault", vault.admin_client)
     try:
         inventory_before = vault.inventory()
-        provisioned = timed("provision Vault", lambda: provision(admin, loaded))
+        provisioned = timed(
+            "provision Vault",
+            lambda: provision(admin, loaded, pending=vault.pending_rollbacks()),
+        )
         made_in_vault = loaded.name not in inventory_before and provisioned.changed
         controller_started = False
         backend = DockerBackend(client)
@@ -512,7 +515,8 @@ def restart_workload(
     vault = EmbeddedVault(state_dir)
     admin = vault.admin_client()
     try:
-        provision(admin, loaded)  # idempotent: recreates anything a kill's seal-and-restore lost
+        # idempotent: recreates anything a kill's seal-and-restore lost
+        provision(admin, loaded, pending=vault.pending_rollbacks())
         images = _read_images(client, state_dir, loaded.name) or ensure_service_images(
             client, cache_dir=state_dir / "cache"
         )

@@ -226,15 +226,14 @@ def test_a_tampered_copy_of_the_audit_log_fails(enclave: Up, tmp_path: Path) -> 
     log = lifecycle.audit_dir(enclave.state, enclave.name)
     copy = tmp_path / "audit"
     shutil.copytree(log, copy, ignore=shutil.ignore_patterns("lock"))
-    key = log.parent / "audit.key"
-    facts = audit_facts(copy, key, datetime.now(UTC))
+    facts = audit_facts(copy, datetime.now(UTC))
     assert facts["intact"] and facts["records"] > 0, facts
     segment = sorted(copy.glob("seg-*.jsonl"))[-1]
     data = bytearray(segment.read_bytes())
     data[data.index(b'"actor":"') + 9] ^= 0x01  # one bit of one record's actor
     segment.write_bytes(bytes(data))
     tampered = compliant_facts()
-    tampered.values["audit"] = audit_facts(copy, key, datetime.now(UTC))
+    tampered.values["audit"] = audit_facts(copy, datetime.now(UTC))
     report = evaluate(load_baseline(default_baseline()), tampered, enclave=enclave.name)
     (result,) = [r for r in report.results if r.check.id == "AUD-01"]
     assert result.status is Status.FAIL

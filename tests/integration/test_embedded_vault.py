@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import secrets
+import signal
 import socket
 import ssl
 import stat
@@ -26,8 +27,10 @@ import pytest
 import requests
 from cryptography import x509
 
+import enclave.vault.provision as provision_module
 from enclave.cli.main import main
 from enclave.errors import VaultError, VaultForbiddenError, VaultUnavailableError
+from enclave.spec import load_spec
 from enclave.vault.client import VaultConnection, anonymous, connect, translate
 from enclave.vault.embedded import (
     SERVICE_GID,
@@ -37,7 +40,9 @@ from enclave.vault.embedded import (
     EmbeddedVault,
 )
 from enclave.vault.policies import ADMIN_POLICY
+from enclave.vault.provision import provision
 from support.openbao import write_kv2_when_ready
+from support.workspace import make_workspace
 
 pytestmark = [pytest.mark.vault, pytest.mark.timeout(90)]
 
@@ -484,3 +489,75 @@ def test_cli_start_status_stop(tmp_path: Path, capsys: pytest.CaptureFixture[str
         assert data["enclaves"] is None
     finally:
         vault.stop()
+
+
+def _enclave_objects(client: Any, enclave: str) -> dict[str, list[str]]:
+    """Every mount, auth mount, policy and AppRole role of ``enclave`` the server still holds."""
+    prefix = f"enclave-{enclave}-"
+    with translate("list what is left"):
+        mounts = [m for m in client.sys.list_mounted_secrets_engines()["data"] if prefix in m]
+        auths = [m for m in client.sys.list_auth_methods()["data"] if prefix in m]
+        policies = [p for p in client.sys.list_acl_policies()["data"]["keys"] if prefix in p]
+        roles = [
+            f"{mount}{role}"
+            for mount in auths
+            for role in client.auth.approle.list_roles(mount_point=mount.rstrip("/"))["data"][
+                "keys"
+            ]
+        ]
+    found = {"mounts": mounts, "auth": auths, "policies": policies, "roles": roles}
+    return {kind: sorted(names) for kind, names in found.items() if names}
+
+
+def test_a_server_killed_mid_provisioning_is_rolled_back_when_it_is_back(
+    fresh: EmbeddedVault,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """SIGKILL the embedded server between two provisioning steps: the rollback cannot reach
+    it, the error names what is left, and the next `enclave vault start` (which restarts the
+    server on its raft storage and unseals it) finishes the rollback and says so in one line;
+    listing mounts, auth mounts, policies and roles then finds nothing of the enclave."""
+    loaded = load_spec(make_workspace(tmp_path / "ws").example(("name: demo", "name: killed")))
+    first = fresh.start()
+    pid = first.pid
+    assert pid is not None
+    real = provision_module._ensure_policy
+
+    def kill_first(*args: Any, **kwargs: Any) -> None:
+        os.kill(pid, signal.SIGKILL)  # the pid EmbeddedVault started and verified
+        deadline = time.monotonic() + 10
+        while fresh.status().running:
+            assert time.monotonic() < deadline, "the killed server is still running"
+            time.sleep(0.02)
+        monkeypatch.setattr(provision_module, "_ensure_policy", real)
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(provision_module, "_ensure_policy", kill_first)
+    admin = fresh.admin_client()
+    try:
+        with pytest.raises(VaultUnavailableError) as failed:
+            provision(admin, loaded, pending=fresh.pending_rollbacks())
+    finally:
+        admin.adapter.close()
+    message = str(failed.value)
+    assert "unreachable; rollback incomplete: 7 object(s) left (" in message
+    assert "remove mount enclave-killed-kv" in message and "remove auth mount" in message
+    assert message.endswith("removed at the next admin connection to this Vault once it is back")
+    assert fresh.pending_rollbacks().pending() == ["killed"]
+    assert not fresh.status().running
+
+    assert main(["--state-dir", str(fresh.state_dir), "vault", "start"]) == 0
+    err = capsys.readouterr().err
+    (said,) = [line for line in err.splitlines() if "rollback" in line]
+    assert "finished the rollback of enclave killed's failed provisioning" in said
+    assert "(7 step(s) undone)" in said
+    assert fresh.pending_rollbacks().pending() == []
+    assert fresh.status().pid != pid
+    client = fresh.admin_client()
+    try:
+        assert _enclave_objects(client, "killed") == {}
+        assert "killed" not in fresh.inventory()
+    finally:
+        client.adapter.close()

@@ -21,6 +21,8 @@ import pytest
 from enclave.audit import verify_log
 from enclave.audit.reader import iter_records
 from enclave.shutdown.control import SIGNATURE_HEADER, ControlCommand, ControlKind, sign_control
+from enclave.vault.names import AUDIT_SIGNER_KEY, EnclavePaths
+from enclave.vault.transit import TransitSigner
 from support.gateway_procs import (
     Enclave,
     Process,
@@ -50,7 +52,11 @@ def enclave(tmp_path: Path, openbao: OpenBaoServer, openbao_client: Any) -> Iter
 
 
 def test_gateway_serves_denies_and_audits(
-    tmp_path: Path, openbao: OpenBaoServer, runtime: Process, enclave: Enclave
+    tmp_path: Path,
+    openbao: OpenBaoServer,
+    openbao_client: Any,
+    runtime: Process,
+    enclave: Enclave,
 ) -> None:
     key = secrets.token_bytes(32)
     with (
@@ -102,8 +108,10 @@ def test_gateway_serves_denies_and_audits(
     assert ("request.chat", "allow", "allowed") in actions
     assert ("response.chat", "allow", "allowed") in actions
     assert ("request.chat", "deny", "prohibited_use") in actions
-    key_mode = (enclave.state / "enclaves" / enclave.name / "audit.key").stat().st_mode
-    assert key_mode & 0o077 == 0
+    # checkpoints are signed by the enclave's Vault transit key: no key file on the host
+    assert not (enclave.state / "enclaves" / enclave.name / "audit.key").exists()
+    transit = TransitSigner(openbao_client, EnclavePaths(enclave.name).transit, AUDIT_SIGNER_KEY)
+    assert report.key_id == transit.key_id
     assert report.unsigned == 0  # the final checkpoint was signed on shutdown
 
 

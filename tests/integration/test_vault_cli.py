@@ -18,8 +18,8 @@ pytestmark = pytest.mark.vault
 Output = pytest.CaptureFixture[str]
 
 
-def run(capsys: Output, *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
+def run(capsys: Output, *argv: str, state: Path) -> tuple[int, str, str]:
+    code = main(["--state-dir", str(state), *argv])  # its rollback journals stay in the test's
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
@@ -43,7 +43,7 @@ def test_provision_is_idempotent_and_teardown_removes_everything(
     vtf = ("--vault-token-file", str(token_file))
     paths = EnclavePaths(name)
     try:
-        code, out, _ = run(capsys, "vault", "provision", spec, *vtf, "--json")
+        code, out, _ = run(capsys, "vault", "provision", spec, *vtf, "--json", state=tmp_path)
         first = json.loads(out)
         assert code == 0
         assert first["components"] == ["gateway", "model-assistant", "controller"]
@@ -51,16 +51,16 @@ def test_provision_is_idempotent_and_teardown_removes_everything(
         mounts = openbao_client.sys.list_mounted_secrets_engines()["data"]
         assert {f"{paths.kv}/", f"{paths.transit}/"} <= set(mounts)
 
-        code, out, _ = run(capsys, "vault", "provision", spec, *vtf)
+        code, out, _ = run(capsys, "vault", "provision", spec, *vtf, state=tmp_path)
         assert code == 0 and "already up to date" in out
     finally:
-        code, out, _ = run(capsys, "vault", "teardown", spec, *vtf)
+        code, out, _ = run(capsys, "vault", "teardown", spec, *vtf, state=tmp_path)
     assert code == 0 and out.startswith(f"enclave {name}: removed ")
     mounts = openbao_client.sys.list_mounted_secrets_engines()["data"]
     assert not any(m.startswith(paths.prefix) for m in mounts)
     policies = openbao_client.sys.list_acl_policies()["data"]["keys"]
     assert not any(p.startswith(paths.prefix) for p in policies)
-    code, out, _ = run(capsys, "vault", "teardown", spec, *vtf)
+    code, out, _ = run(capsys, "vault", "teardown", spec, *vtf, state=tmp_path)
     assert (code, out.strip()) == (0, f"enclave {name}: removed 0 object(s)")
 
 
@@ -71,6 +71,8 @@ def test_an_unreachable_vault_is_exit_5(
     token_file = tmp_path / "vault-token"
     token_file.write_text("s.whatever")
     token_file.chmod(0o600)
-    code, _, err = run(capsys, "vault", "provision", spec, "--vault-token-file", str(token_file))
+    code, _, err = run(
+        capsys, "vault", "provision", spec, "--vault-token-file", str(token_file), state=tmp_path
+    )
     assert code == 5
     assert err.strip() == "enclave: error: vault: connect: unreachable"

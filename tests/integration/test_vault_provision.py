@@ -28,6 +28,9 @@ import hvac
 import pytest
 
 import enclave.vault.provision as provision_module
+from enclave.audit import AuditEvent, AuditLog, AuditSettings, verify_log
+from enclave.audit.signing import load_public_key
+from enclave.cli.main import main
 from enclave.errors import (
     ConflictError,
     InputError,
@@ -39,8 +42,10 @@ from enclave.errors import (
 from enclave.spec import LoadedSpec, load_spec
 from enclave.vault.client import VaultConnection, anonymous, connect, login_approle, translate
 from enclave.vault.controlkey import CONTROL_KEY_FIELD, read_control_key
+from enclave.vault.facts import parse_policy
 from enclave.vault.names import (
     API_TOKEN_KEY,
+    API_TOKENS,
     AUDIT_SIGNER_KEY,
     CONTROL_KEY,
     CONTROLLER,
@@ -48,7 +53,8 @@ from enclave.vault.names import (
     EnclavePaths,
     model_component,
 )
-from enclave.vault.policies import ADMIN_POLICY, Rule, admin_rules, render
+from enclave.vault.pending import PendingRollbacks, Undo
+from enclave.vault.policies import ADMIN_POLICY, Rule, admin_rules, component_rules, render
 from enclave.vault.provision import (
     API_TOKEN_KEY_FIELD,
     MAX_WRAP_TTL,
@@ -63,7 +69,7 @@ from enclave.vault.provision import (
     write_bootstrap,
 )
 from enclave.vault.tokens import issue, read_key, read_record, verify_token
-from enclave.vault.transit import TransitSigner
+from enclave.vault.transit import TransitSigner, audit_signer
 from support import service_missing
 from support.openbao import (
     OpenBaoStartError,
@@ -291,31 +297,104 @@ def test_provisioning_creates_exactly_the_enclaves_objects(
         assert 0 < role["secret_id_ttl"] <= 15 * 60
 
 
+SELF_PATHS = frozenset({"auth/token/lookup-self", "auth/token/renew-self"})
+
+
+def least_privilege_problems(
+    paths: EnclavePaths, component: str, text: str, *, seal: bool
+) -> list[str]:
+    """Every way a component's policy is wider than the documented decision allows
+    (:mod:`enclave.vault.policies`): empty when it is exactly as narrow as designed.
+
+    - no bare ``*``, no ``+`` segment, and a glob only as the last segment, one area deep
+      inside the enclave's own KV data (``<kv>/data/<area>/*``), never a prefix glob;
+    - every path is the enclave's own (its KV or transit mount), the token's own self paths,
+      or, for the controller, exactly its own workload lease paths (and ``sys/seal`` when the
+      spec asks for break-glass sealing);
+    - ``sudo`` on the controller's two lease paths (and ``sys/seal``) and nowhere else.
+    """
+    rules, parsed = parse_policy(text)
+    problems = [] if parsed and rules else [f"unreadable policy: {text!r}"]
+    login = f"auth/{paths.workload_auth}/login"
+    sudo_allowed: set[str] = set()
+    if component == CONTROLLER:
+        sudo_allowed = {f"sys/leases/lookup/{login}/", f"sys/leases/revoke-prefix/{login}"}
+        if seal:
+            sudo_allowed.add("sys/seal")
+    own = (f"{paths.kv}/", f"{paths.transit}/")
+    sudo_found = set()
+    for rule in rules:
+        path, caps = rule["path"], set(rule["capabilities"])
+        if "sudo" in caps:
+            sudo_found.add(path)
+            if path not in sudo_allowed:
+                problems.append(f"sudo on {path}")
+        if "+" in path or ("*" in path and not path.endswith("/*")) or path.count("*") > 1:
+            problems.append(f"a glob other than one trailing segment: {path}")
+        elif path.endswith("*"):
+            area = path.removeprefix(f"{paths.kv}/data/").removesuffix("/*")
+            if not path.startswith(f"{paths.kv}/data/") or not area or "*" in area:
+                problems.append(f"a glob outside the enclave's own KV data areas: {path}")
+        if not path.startswith(own) and path not in SELF_PATHS | sudo_allowed:
+            problems.append(f"a path outside the enclave: {path}")
+        if caps - {"create", "read", "update", "delete", "list", "sudo"}:
+            problems.append(f"unexpected capabilities on {path}: {sorted(caps)}")
+    if sudo_found != sudo_allowed:
+        problems.append(f"sudo on {sorted(sudo_found)}, expected exactly {sorted(sudo_allowed)}")
+    return problems
+
+
 def test_policies_are_least_privilege(enclaves: Enclaves, openbao_client: Any) -> None:
-    loaded = enclaves.provision()
-    paths = EnclavePaths(loaded.name)
-    for component in (GATEWAY, MODEL, CONTROLLER):
-        text = openbao_client.sys.read_acl_policy(paths.policy(component))["data"]["policy"]
-        declared = policy_paths(text)
-        assert declared, text
-        for path in declared:
-            assert path != "*"
-            assert not path.startswith(("*", "sys/*", "auth/*", "enclave-*"))
-            if "*" in path:  # globs only inside the enclave's own KV subtree
-                assert path.startswith(f"{paths.kv}/data/"), path
-        if component != CONTROLLER:
-            assert "sudo" not in text, component
-            assert not any(p.startswith("sys/") for p in declared), component
-        else:  # sudo only on its own workload leases (revoke-all), and no sys/seal by default
-            sudo_paths = {
-                rule.group(1)
-                for rule in re.finditer(r'path "([^"]+)" \{\n  capabilities = \[[^]]*"sudo"', text)
-            }
-            login = f"auth/{paths.workload_auth}/login"
-            assert sudo_paths == {
-                f"sys/leases/lookup/{login}/",
-                f"sys/leases/revoke-prefix/{login}",
-            }
+    """The two documented deviations (the controller's ``sudo`` on its own lease paths, and
+    trailing globs inside a component's own KV area) are exactly that wide, in Vault."""
+    plain = enclaves.provision()
+    sealing = enclaves.provision(
+        "sealing",
+        ("resumeExcludesTrigger: true", "sealVault: true\n    resumeExcludesTrigger: true"),
+    )
+    for loaded, seal in ((plain, False), (sealing, True)):
+        paths = EnclavePaths(loaded.name)
+        globs = {}
+        for component in (GATEWAY, MODEL, CONTROLLER):
+            text = openbao_client.sys.read_acl_policy(paths.policy(component))["data"]["policy"]
+            assert least_privilege_problems(paths, component, text, seal=seal) == [], component
+            globs[component] = {p for p in policy_paths(text) if "*" in p}
+            if component != CONTROLLER:
+                assert "sudo" not in text
+                assert not any(p.startswith("sys/") for p in policy_paths(text)), component
+        assert globs == {
+            GATEWAY: {f"{paths.kv}/data/{API_TOKENS}/*"},
+            MODEL: {f"{paths.kv}/data/models/assistant/*"},
+            CONTROLLER: {f"{paths.kv}/data/{API_TOKENS}/*"},
+        }
+
+
+@pytest.mark.parametrize(
+    ("component", "extra"),
+    [
+        (GATEWAY, Rule("*", ("read",))),
+        (GATEWAY, Rule("enclave-*", ("read",))),
+        (MODEL, Rule("{kv}/*", ("read",))),
+        (MODEL, Rule("{kv}/data/*", ("read",))),
+        (MODEL, Rule("{kv}/data/models/+/config", ("read",))),
+        (GATEWAY, Rule("enclave-other-kv/data/api-tokens/*", ("read",))),
+        (GATEWAY, Rule("{kv}/data/api-tokens/*", ("read", "sudo"))),
+        (GATEWAY, Rule("sys/leases/lookup/auth/{auth}/login/", ("list", "sudo"))),
+        (CONTROLLER, Rule("sys/leases/revoke-prefix/auth/", ("update", "sudo"))),
+        (CONTROLLER, Rule("sys/leases/revoke-prefix/auth/{auth}/", ("update", "sudo"))),
+        (CONTROLLER, Rule("sys/seal", ("update", "sudo"))),  # not asked for by the spec
+        (CONTROLLER, Rule("sys/policies/acl/{prefix}-gateway", ("update",))),
+        (CONTROLLER, Rule("auth/token/create", ("update",))),
+    ],
+)
+def test_the_least_privilege_check_catches_a_widened_policy(component: str, extra: Rule) -> None:
+    """Each rule a careless change might add is reported by the check above."""
+    paths = EnclavePaths("demo")
+    rules = component_rules(paths, component)
+    assert least_privilege_problems(paths, component, render(rules), seal=False) == []
+    path = extra.path.format(kv=paths.kv, auth=paths.workload_auth, prefix=paths.prefix)
+    widened = render([*rules, Rule(path, extra.capabilities)])
+    assert least_privilege_problems(paths, component, widened, seal=False), path
 
 
 def test_provisioning_twice_changes_nothing(enclaves: Enclaves, openbao_client: Any) -> None:
@@ -780,6 +859,99 @@ def test_a_policy_name_owned_by_another_enclave_is_not_taken_over(
     assert EnclavePaths(second_name).kv in gateway_policy["data"]["policy"]
 
 
+def journal_of(pending: PendingRollbacks, enclave: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in pending.path(enclave).read_bytes().splitlines()]
+
+
+def test_the_journal_is_on_disk_while_a_run_goes_on_and_holds_no_secret(
+    enclaves: Enclaves, openbao_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loaded = enclaves.spec()
+    paths = EnclavePaths(loaded.name)
+    state = tmp_path / "state"  # not there yet: the journal makes it, owner-only
+    pending = PendingRollbacks.external(state, "https://vault.example:8200")
+    seen: list[list[dict[str, Any]]] = []
+    real = provision_module._ensure_role
+
+    def look(*args: Any, **kwargs: Any) -> None:
+        exists = pending.path(loaded.name).exists()
+        if exists:
+            for item in (state, pending.directory, pending.path(loaded.name)):
+                assert stat.S_IMODE(item.stat().st_mode) in {0o700, 0o600}, item
+        seen.append(journal_of(pending, loaded.name) if exists else [])
+        assert PendingRollbacks(pending.directory, pending.vault).finish(enclaves.admin) == []
+        real(*args, **kwargs)  # (a finish meanwhile left the running run's journal alone)
+
+    monkeypatch.setattr(provision_module, "_ensure_role", look)
+    provision(enclaves.admin, loaded, pending=pending)
+    assert pending.pending() == [] and not pending.directory.exists()  # no journal, no dir
+    header, *steps = seen[0]
+    assert header["enclave"] == loaded.name and header["vault"] == pending.vault
+    assert [s["step"]["what"] for s in steps][:3] == [
+        f"mount {paths.kv}",
+        f"mount {paths.transit}",
+        f"transit key {paths.transit}/{AUDIT_SIGNER_KEY}",
+    ]
+    text = json.dumps(seen)
+    for path in (API_TOKEN_KEY, CONTROL_KEY):
+        value = openbao_client.secrets.kv.v2.read_secret_version(
+            path=path, mount_point=paths.kv, raise_on_deleted_version=True
+        )["data"]["data"]
+        assert next(iter(value.values())) not in text
+
+    runs = len(seen)
+    again = provision(enclaves.admin, loaded, pending=pending)  # nothing to do: nothing written
+    assert not again.changed
+    assert seen[runs:] and all(journal == [] for journal in seen[runs:])
+    assert pending.pending() == []
+
+
+def test_a_rollback_vault_refused_is_finished_before_the_next_run_and_only_for_its_vault(
+    enclaves: Enclaves,
+    openbao_client: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    loaded = enclaves.spec()
+    pending = PendingRollbacks(tmp_path / "rollbacks", enclaves.connection.address)
+    fail_on_call(monkeypatch, "_ensure_role", 2, VaultUnavailableError("vault: down"))
+    refused = VaultUnavailableError("vault: rollback: unreachable")
+    monkeypatch.setattr(Undo, "run", lambda *_: (_ for _ in ()).throw(refused))
+    with pytest.raises(VaultUnavailableError, match=r"rollback incomplete: \d+ object"):
+        provision(enclaves.admin, loaded, pending=pending)
+    monkeypatch.undo()
+    left = leftovers(openbao_client, loaded.name)
+    assert left["policies"] and left["roles"]
+    entries = journal_of(pending, loaded.name)
+    assert not [e for e in entries if "undone" in e]
+
+    other = PendingRollbacks(pending.directory, "https://another.vault:8200")
+    assert other.pending() == [] and other.finish(enclaves.admin) == []
+    assert leftovers(openbao_client, loaded.name) == left
+
+    caplog.set_level(logging.WARNING, logger="enclave.vault")
+    result = provision(enclaves.admin, loaded, pending=pending)  # starts by finishing it
+    assert f"finished the rollback of enclave {loaded.name}" in caplog.text
+    assert result.changed and pending.pending() == []
+    assert leftovers(openbao_client, loaded.name)["roles"]  # this run's, complete
+
+
+def test_a_damaged_journal_is_reported_and_kept(
+    enclaves: Enclaves, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    loaded = enclaves.spec()
+    pending = PendingRollbacks(tmp_path / "rollbacks", enclaves.connection.address)
+    pending.directory.mkdir()
+    pending.path(loaded.name).write_text("not a journal\n")
+    assert pending.finish(enclaves.admin) == []
+    assert "is unreadable" in caplog.text
+    with pytest.raises(VaultError, match=r"unreadable rollback journal .* is in the way"):
+        provision(enclaves.admin, loaded, pending=pending)
+    assert pending.path(loaded.name).read_text() == "not a journal\n"
+    assert leftovers(enclaves.root, loaded.name) == {}
+
+
 # -- teardown ----------------------------------------------------------------------------------
 
 
@@ -978,12 +1150,29 @@ def test_sealed_vault_is_a_clear_error_and_creates_nothing(
     assert leftovers(client, loaded.name) == {}
 
 
-def test_vault_sealed_mid_way_says_what_is_left_and_teardown_removes_it(
-    spare_openbao: SpareOpenBao, spare: tuple[Any, LoadedSpec], monkeypatch: pytest.MonkeyPatch
+def test_vault_sealed_mid_way_is_rolled_back_by_the_next_admin_connection(
+    spare_openbao: SpareOpenBao,
+    spare: tuple[Any, LoadedSpec],
+    workspace: Workspace,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """Sealed between two steps, Vault refuses the rollback too: the error says so, and
-    teardown (once unsealed) leaves nothing behind."""
+    """``enclave vault provision`` against an external Vault that is sealed between two steps:
+    Vault refuses the rollback too, the error names what is left, the journal keeps it under
+    the state directory, and the next command holding an admin connection (here ``token
+    list``), once Vault is unsealed, finishes the rollback and says so."""
     client, loaded = spare
+    spec = workspace.example(
+        ("name: demo", f"name: {loaded.name}"),
+        ("address: embedded", f"address: {spare_openbao.address}"),
+        name="external.yaml",
+    )
+    token_file = workspace.root / "admin.token"
+    token_file.write_text(spare_openbao.root_token)
+    token_file.chmod(0o600)
+    state = workspace.root / "state"
+    cli = ("--state-dir", str(state))
+    vtf = ("--vault-token-file", str(token_file))
     real = provision_module._ensure_policy
 
     def seal_first(*args: Any, **kwargs: Any) -> None:
@@ -992,12 +1181,88 @@ def test_vault_sealed_mid_way_says_what_is_left_and_teardown_removes_it(
         real(*args, **kwargs)
 
     monkeypatch.setattr(provision_module, "_ensure_policy", seal_first)
-    with pytest.raises(VaultSealedError, match="rollback incomplete: 7 object"):
-        provision(client, loaded)
+    code = main([*cli, "vault", "provision", str(spec), *vtf])
+    failed = capsys.readouterr()
+    assert code == 5, failed.err
+    (line,) = failed.err.strip().splitlines()[-1:]
+    assert "Vault is sealed" in line and "; rollback incomplete: 7 object(s) left (" in line
+    for what in ("remove mount", "remove transit key", "remove secret", "remove auth mount"):
+        assert what in line, line
+    assert "removed at the next admin connection to this Vault once it is back" in line
+    pending = PendingRollbacks.external(state, spare_openbao.address)
+    assert pending.pending() == [loaded.name]
+    journal = pending.path(loaded.name)
+    assert stat.S_IMODE(journal.stat().st_mode) == 0o600
+
     spare_openbao.unseal()
-    assert leftovers(client, loaded.name)  # mounts, signer, HMAC and control keys, auth mounts
-    assert teardown(client, loaded.name).removed == 4
-    assert leftovers(client, loaded.name) == {}
+    paths = EnclavePaths(loaded.name)
+    assert leftovers(client, loaded.name) == {  # what the sealed Vault kept from the rollback
+        "mounts": [f"{paths.kv}/", f"{paths.transit}/"],
+        "auth": sorted([f"{paths.control_auth}/", f"{paths.workload_auth}/"]),
+    }
+    code = main([*cli, "token", "list", str(spec), *vtf])
+    after = capsys.readouterr()
+    assert code == 0, after.err
+    assert f"finished the rollback of enclave {loaded.name}'s failed provisioning" in after.err
+    assert "(7 step(s) undone)" in after.err
+    assert leftovers(client, loaded.name) == {}  # mounts, auth mounts, policies, roles: none
+    assert pending.pending() == []
+    assert main([*cli, "token", "list", str(spec), *vtf]) == 0  # nothing left to say
+    assert "rollback" not in capsys.readouterr().err
+
+
+def test_a_signing_key_in_a_sealed_vault_delays_checkpoints_and_loses_no_record(
+    spare_openbao: SpareOpenBao,
+    spare: tuple[Any, LoadedSpec],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An audit log signed by the enclave's transit key, as the gateway's is, while its Vault
+    is sealed (an outage): appends go on and stay durable, the failed checkpoint is reported
+    once and retried, and after the unseal a checkpoint covers every record; the log verifies
+    offline with the public key read from Vault."""
+    caplog.set_level(logging.WARNING, logger="enclave.audit")
+    client, loaded = spare
+    provision(client, loaded)
+    connection = VaultConnection(spare_openbao.address)
+    gateway = redeem(connection, bootstrap(client, loaded, GATEWAY, connection))
+    paths = EnclavePaths(loaded.name)
+    root = tmp_path / "audit"
+    settings = AuditSettings(checkpoint_records=1_000_000, checkpoint_interval=0.1)
+
+    def until(condition: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + 20
+        while not condition():
+            assert time.monotonic() < deadline, "timed out"
+            time.sleep(0.02)
+
+    try:
+        with (
+            audit_signer(connection, gateway.token, paths) as signer,
+            AuditLog.open(root, enclave=loaded.name, signer=signer, settings=settings) as log,
+        ):
+            log.append(AuditEvent(actor="tester", action="test.append", reason="before"))
+            until(lambda: verify_log(root).unsigned == 0)
+            spare_openbao.seal()
+            started = time.monotonic()
+            for number in range(10):
+                log.append(AuditEvent(actor="tester", action="test.append", reason=f"{number}"))
+            assert time.monotonic() - started < 5  # never waiting for Vault
+            until(lambda: log.checkpoint_failures >= 2)
+            sealed = verify_log(root)
+            assert sealed.intact and (sealed.records, sealed.unsigned) == (11, 10)
+            spare_openbao.unseal()
+            until(lambda: log.checkpoint_failures == 0 and verify_log(root).unsigned == 0)
+            public_pem = signer.public_key_pem()
+    finally:
+        gateway.adapter.close()
+    failures = [r.getMessage() for r in caplog.records if "could not be signed" in r.getMessage()]
+    assert len(failures) == 1 and "Vault is sealed" in failures[0]
+    raw = client.secrets.transit.read_key(name=AUDIT_SIGNER_KEY, mount_point=paths.transit)
+    vault_key = base64.b64decode(raw["data"]["keys"]["1"]["public_key"])
+    assert load_public_key(public_pem, "signer").public_bytes_raw() == vault_key
+    report = verify_log(root, public_key_pem=public_pem)
+    assert report.intact and report.records == 11 and report.unsigned == 0
 
 
 def test_controller_may_seal_only_when_the_spec_says_so(

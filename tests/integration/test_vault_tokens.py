@@ -20,7 +20,7 @@ import pytest
 
 import enclave.vault.tokens as tokens_module
 from enclave.cli.main import main
-from enclave.errors import InputError, NotFoundError, VaultNotFoundError
+from enclave.errors import InputError, NotFoundError, VaultNotFoundError, VaultUnavailableError
 from enclave.vault.names import API_TOKEN_KEY, API_TOKENS, EnclavePaths
 from enclave.vault.tokens import (
     KEY_FIELD,
@@ -32,6 +32,7 @@ from enclave.vault.tokens import (
     parse_token,
     read_key,
     read_record,
+    revoke_principal,
     revoke_token,
     token_hash,
     verify_token,
@@ -238,6 +239,49 @@ def test_revoke_deletes_every_version(openbao_client: Any, paths: EnclavePaths) 
         revoke_token(openbao_client, paths, gone.info.id)
 
 
+def test_revoke_principal_revokes_every_token_of_that_principal_only(
+    openbao_client: Any, paths: EnclavePaths
+) -> None:
+    alices = [issue(openbao_client, paths, "alice", ["analyst"]) for _ in range(3)]
+    bobs = issue(openbao_client, paths, "bob", ["safety-officer"])
+    key = read_key(openbao_client, paths)
+
+    done = revoke_principal(openbao_client, paths, "alice")
+    assert (done.enclave, done.principal, done.count) == (paths.enclave, "alice", 3)
+    assert {t.id for t in done.revoked} == {t.info.id for t in alices}
+    records = load_records(openbao_client, paths)
+    assert set(records) == {bobs.info.id}
+    assert not any(verify_token(r, key, t.token) for r in records.values() for t in alices)
+    assert revoke_principal(openbao_client, paths, "alice").count == 0  # idempotent
+    with pytest.raises(InputError):
+        revoke_principal(openbao_client, paths, "")
+
+
+def test_revoke_principal_says_how_far_it_got_when_vault_fails(
+    openbao_client: Any, paths: EnclavePaths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    issued = [issue(openbao_client, paths, "alice", ["analyst"]) for _ in range(3)]
+    real = tokens_module.revoke_token
+    calls: list[str] = []
+
+    def flaky(client: Any, where: EnclavePaths, token_id: str) -> TokenInfo:
+        calls.append(token_id)
+        if len(calls) == 2:
+            raise VaultUnavailableError("vault: revoke API token: unreachable")
+        return real(client, where, token_id)
+
+    monkeypatch.setattr(tokens_module, "revoke_token", flaky)
+    with pytest.raises(VaultUnavailableError) as failed:
+        revoke_principal(openbao_client, paths, "alice")
+    message = str(failed.value)
+    assert message.startswith("vault: revoke API token: unreachable; 1 API token(s) of alice")
+    assert f"were revoked before this ({calls[0]}); run the revocation again" in message
+    monkeypatch.undo()
+    assert revoke_principal(openbao_client, paths, "alice").count == 2  # the rest
+    assert list_tokens(openbao_client, paths) == []
+    assert calls[0] in {i.info.id for i in issued}
+
+
 def test_unknown_and_malformed_ids(openbao_client: Any, paths: EnclavePaths) -> None:
     with pytest.raises(NotFoundError):
         revoke_token(openbao_client, paths, "AAAAAAAAAAAA")
@@ -354,6 +398,48 @@ def test_cli_issue_list_revoke(
     assert code == 4 and "no API token" in err
 
     assert token not in openbao.audit_log.read_text()
+
+
+def test_cli_revokes_every_token_of_a_principal(
+    capsys: Output, cli_enclave: CliEnclave, openbao_client: Any
+) -> None:
+    spec, vtf = str(cli_enclave.spec), ("--vault-token-file", str(cli_enclave.token_file))
+    paths = cli_enclave.paths
+    alices = [issue(openbao_client, paths, "alice", ["analyst"]) for _ in range(2)]
+    bob = issue(openbao_client, paths, "bob", ["safety-officer"])
+    gone = issue(openbao_client, paths, "zed", ["analyst"])  # no longer in the spec
+
+    code, out, err = run(capsys, "token", "revoke", spec, "--principal", "alice", *vtf)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert len(lines) == 3
+    for token, line in zip(sorted(alices, key=lambda t: t.info.id), sorted(lines[:2]), strict=True):
+        assert line.startswith(f"revoked API token {token.info.id} of alice (roles analyst, ")
+    assert lines[2] == f"revoked 2 API token(s) of alice in enclave {paths.enclave}"
+    assert {t.id for t in list_tokens(openbao_client, paths)} == {bob.info.id, gone.info.id}
+
+    code, out, err = run(capsys, "token", "revoke", spec, "-p", "zed", "--json", *vtf)
+    assert code == 0, err
+    data = json.loads(out)
+    assert (data["enclave"], data["principal"], data["count"]) == (paths.enclave, "zed", 1)
+    assert [t["id"] for t in data["revoked"]] == [gone.info.id]
+    assert "hash" not in out
+
+    code, out, err = run(capsys, "token", "revoke", spec, "--principal", "alice", *vtf)
+    assert (code, out.strip()) == (
+        0,
+        f"revoked 0 API token(s) of alice in enclave {paths.enclave}: none held",
+    )
+    code, out, err = run(capsys, "token", "revoke", spec, "--principal", "mallory", *vtf)
+    assert code == 4 and out == ""
+    assert "'mallory' holds no API tokens" in err and "not a principal of its spec" in err
+    assert err.count("\n") == 1
+
+    code, out, err = run(capsys, "token", "revoke", spec, bob.info.id, "-p", "bob", *vtf)
+    assert code == 2 and "not both" in err
+    code, out, err = run(capsys, "token", "revoke", spec, *vtf)
+    assert code == 2 and "give a TOKEN_ID, or --principal NAME" in err
+    assert [t.id for t in list_tokens(openbao_client, paths)] == [bob.info.id]
 
 
 def test_cli_refuses_unknown_principals(capsys: Output, cli_enclave: CliEnclave) -> None:

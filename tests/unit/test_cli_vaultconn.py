@@ -11,7 +11,12 @@ from types import SimpleNamespace
 import pytest
 
 from enclave.cli.context import CONTEXT
-from enclave.cli.vaultconn import component_connection, load_material
+from enclave.cli.vaultconn import (
+    component_connection,
+    external_connection,
+    load_material,
+    pending_rollbacks,
+)
 from enclave.errors import InputError
 from enclave.spec import LoadedSpec, load_spec
 from support.workspace import Workspace
@@ -83,3 +88,29 @@ def test_the_embedded_vaults_tls_address_needs_its_ca_on_this_host(
     ca.parent.mkdir(parents=True)
     ca.write_text("a CA")
     assert component_connection(embedded, "https://127.0.0.1:8200").ca_bundle == ca
+
+
+def test_provisioning_journals_are_kept_per_vault_under_the_state_dir(
+    workspace: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = tmp_path / "state"
+    monkeypatch.setattr(CONTEXT, "state_dir", state)
+    embedded = pending_rollbacks(_spec(workspace, "embedded"))
+    one = pending_rollbacks(_spec(workspace, "https://one.example:8200"))
+    two = pending_rollbacks(_spec(workspace, "https://two.example:8200"))
+    assert embedded.directory == state / "vault" / "rollbacks"
+    assert one.directory == two.directory == state / "vault-rollbacks"
+    assert len({embedded.path("demo"), one.path("demo"), two.path("demo")}) == 3
+    assert one.path("demo").name.startswith("demo@")
+    assert embedded.pending() == one.pending() == []
+    assert sorted(p.name for p in state.iterdir()) == []  # finding out creates nothing
+
+
+def test_an_external_vaults_connection_needs_its_ca_bundle(workspace: Workspace) -> None:
+    spec = workspace.example(
+        ("address: embedded", "address: https://vault.example:8200\n    caBundle: ca.pem")
+    )
+    with pytest.raises(InputError, match=r"caBundle: .*ca\.pem: no such file"):
+        external_connection(load_spec(spec))
+    (workspace.root / "ca.pem").write_text("a CA")
+    assert external_connection(load_spec(spec)).ca_bundle == workspace.root / "ca.pem"

@@ -38,9 +38,13 @@ def write_log(root: Path, events: list[AuditEvent], *, key: Path | None = None) 
     return root
 
 
-def judge(**values: Any) -> dict[str, Any]:
+def judge(*, signer: str | None = None, **values: Any) -> dict[str, Any]:
+    """The audit, host and daemon results over the compliant facts with ``values`` replaced
+    (``signer``: the key id of the enclave's Vault transit key)."""
     facts = compliant_facts()
     facts.values |= values
+    if signer is not None:
+        facts.values["vault"]["audit_signer"]["key_id"] = signer
     report = evaluate(BASELINE, facts, enclave="demo")
     return {r.check.id: r for r in report.results if r.target in ("audit", "host", "docker-daemon")}
 
@@ -48,11 +52,12 @@ def judge(**values: Any) -> dict[str, Any]:
 def test_an_intact_log_passes_and_a_tampered_copy_fails(tmp_path: Path) -> None:
     events = [AuditEvent(actor="alice", action="request.chat", reason=f"r{i}") for i in range(5)]
     log = write_log(tmp_path / "gateway" / "audit", events)
-    facts = audit_facts(log, log.parent / "audit.key", NOW)
+    facts = audit_facts(log, NOW)
     assert facts["intact"] and facts["records"] == 5 and facts["checkpoints"] >= 1
-    assert facts["key_id"] == facts["signer_key_id"] != ""
+    key_id = Ed25519Signer.from_file(log.parent / "audit.key").key_id
+    assert facts["key_id"] == key_id
     assert facts["checkpoint_age_s"] is not None and facts["checkpoint_age_s"] < 60
-    results = judge(audit=facts)
+    results = judge(audit=facts, signer=key_id)
     for check in ("AUD-01", "AUD-02", "AUD-03", "AUD-04"):
         assert results[check].status is Status.PASS, (check, results[check].evidence)
 
@@ -61,30 +66,30 @@ def test_an_intact_log_passes_and_a_tampered_copy_fails(tmp_path: Path) -> None:
     shutil.copy(log.parent / "audit.key", copy.parent / "audit.key")
     segment = sorted(copy.glob("seg-*.jsonl"))[0]
     segment.write_bytes(segment.read_bytes().replace(b'"r2"', b'"r9"'))
-    tampered = audit_facts(copy, copy.parent / "audit.key", NOW)
-    result = judge(audit=tampered)["AUD-01"]
+    tampered = audit_facts(copy, NOW)
+    result = judge(audit=tampered, signer=key_id)["AUD-01"]
     assert result.status is Status.FAIL
     assert result.evidence["finding"] == (
         f"edit at {copy}/seg-0000000000000001.jsonl:3: record does not match its hash"
     )
 
 
-def test_a_log_resigned_with_another_key_fails_the_key_check(tmp_path: Path) -> None:
+def test_a_log_signed_with_another_key_than_vaults_fails_the_key_check(tmp_path: Path) -> None:
     log = write_log(tmp_path / "gateway" / "audit", [AuditEvent(actor="a", action="x.y")])
-    Ed25519Signer.from_file(tmp_path / "other.key", create=True)
-    facts = audit_facts(log, tmp_path / "other.key", NOW)
+    vaults = Ed25519Signer.from_file(tmp_path / "other.key", create=True).key_id
+    facts = audit_facts(log, NOW)
     assert facts["intact"]  # the log itself is consistent ...
-    result = judge(audit=facts)["AUD-03"]
-    assert result.status is Status.FAIL  # ... but not signed by the gateway's key
-    assert result.evidence["log_key_id"] != result.evidence["gateway_key_id"]
+    result = judge(audit=facts, signer=vaults)["AUD-03"]
+    assert result.status is Status.FAIL  # ... but not signed by the enclave's transit key
+    assert result.evidence == {"log_key_id": facts["key_id"], "vault_key_id": vaults}
 
 
 def test_a_missing_log_fails_and_loose_permissions_fail(tmp_path: Path) -> None:
-    missing = audit_facts(tmp_path / "nope", tmp_path / "audit.key", NOW)
+    missing = audit_facts(tmp_path / "nope", NOW)
     assert judge(audit=missing)["AUD-01"].evidence["finding"] == "no audit log"
     log = write_log(tmp_path / "gateway" / "audit", [AuditEvent(actor="a", action="x.y")])
     log.chmod(0o755)
-    facts = audit_facts(log, log.parent / "audit.key", NOW)
+    facts = audit_facts(log, NOW)
     result = judge(audit=facts)["AUD-04"]
     assert result.status is Status.FAIL and result.evidence["loose"] == ["audit 0755"]
 

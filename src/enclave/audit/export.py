@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from enclave.audit.layout import Layout, LogMeta, fsync_dir, write_file
-from enclave.audit.signing import fingerprint, load_public_key
+from enclave.audit.signing import fingerprint, load_public_keys
 from enclave.audit.verify import Finding, Report, Tamper, verify_log
 from enclave.audit.writer import utc_now
 from enclave.errors import ConflictError, InputError
@@ -145,7 +145,8 @@ def _position(last_line: bytes) -> tuple[int, str]:
 
 
 def _key_id(public_key: Path) -> str:
-    return fingerprint(load_public_key(public_key.read_bytes(), str(public_key)))
+    """The id of the log's current signer key (the last one listed)."""
+    return fingerprint(load_public_keys(public_key.read_bytes(), str(public_key))[-1])
 
 
 def _file_digest(path: Path) -> str:

@@ -5,7 +5,8 @@
     <log>/log.json             format, log id, enclave, creation time
     <log>/seg-<first seq>.jsonl append-only segments of records (one JSON line each)
     <log>/checkpoints.jsonl     signed checkpoints, one per line
-    <log>/audit.pub             the checkpoint signer's public key (PEM)
+    <log>/audit.pub             the checkpoint signer's public key (PEM); after a change of
+                                signer, every key the log was signed with, oldest first
     <log>/lock                  held (flock) by the one process writing the log
     <log>/quarantine/           torn tails cut off after a crash, kept as evidence
 

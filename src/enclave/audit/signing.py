@@ -1,7 +1,10 @@
 """Checkpoint signing: a small interface, an Ed25519 implementation, and public-key helpers.
 
-The signing key is held by the component that writes the log. Another signer (a Vault transit
-key) plugs in by implementing :class:`Signer`; verification only ever needs the public key.
+The signing key is held by the component that writes the log, or by Vault
+(:class:`enclave.vault.transit.TransitSigner` implements :class:`Signer`); verification only
+ever needs the public key. A log whose signer changed (a re-provisioned enclave's new transit
+key) lists every key it was signed with, oldest first, in one PEM file
+(:func:`load_public_keys`).
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import re
 from typing import TYPE_CHECKING, Protocol
 
 from cryptography.exceptions import InvalidSignature
@@ -100,6 +104,17 @@ def load_public_key(pem: bytes, source: str) -> Ed25519PublicKey:
     if not isinstance(key, Ed25519PublicKey):
         raise InputError(f"{source}: not an Ed25519 public key")
     return key
+
+
+_PEM_BLOCK = re.compile(rb"-----BEGIN PUBLIC KEY-----\r?\n.*?-----END PUBLIC KEY-----", re.DOTALL)
+
+
+def load_public_keys(pem: bytes, source: str) -> list[Ed25519PublicKey]:
+    """Every Ed25519 public key in ``pem`` (one or more PEM blocks), in file order."""
+    blocks = _PEM_BLOCK.findall(pem)
+    if not blocks:
+        raise InputError(f"{source}: not a PEM public key")
+    return [load_public_key(block + b"\n", source) for block in blocks]
 
 
 def verify_signature(key: Ed25519PublicKey, message: bytes, signature_b64: str) -> bool:

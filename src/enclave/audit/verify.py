@@ -12,6 +12,9 @@ with its location and the kind of tampering:
 ``truncation``    the log ends before its last signed checkpoint, or in a torn record
 ``bad-signature`` a checkpoint's signature does not verify with the log's public key
 ``malformed``     the log's files cannot be read as a log at all
+
+A log whose signer changed lists every key it was signed with in ``audit.pub`` (or the pinned
+``--key`` file), and each checkpoint is checked with the key it names.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import Any
 from enclave.audit.checkpoint import Checkpoint
 from enclave.audit.layout import Layout, LogMeta, iter_lines
 from enclave.audit.record import HASH_SUFFIX_LEN, LINE_PREFIX, genesis_hash
-from enclave.audit.signing import fingerprint, load_public_key, verify_signature
+from enclave.audit.signing import fingerprint, load_public_keys, verify_signature
 from enclave.errors import InputError
 
 _SEQ_AT = len(LINE_PREFIX)
@@ -141,22 +144,35 @@ def _split(line: bytes) -> tuple[bytes, bytes] | None:
     return line[:-HASH_SUFFIX_LEN] + b"}", line[-67:-3]
 
 
-def _key(layout: Layout, public_key_pem: bytes | None, report: Report) -> Any:
+def _keys(layout: Layout, public_key_pem: bytes | None, report: Report) -> dict[str, Any]:
+    """The signer keys, by key id, oldest first; ``report.key_id`` is the newest one's."""
     if public_key_pem is not None:
         report.key_source = "pinned"
-        return load_public_key(public_key_pem, "--key")
-    try:
-        pem = layout.public_key.read_bytes()
-    except OSError:
-        raise _Stop(Finding(Tamper.MALFORMED, str(layout.public_key), 0, None, "missing")) from None
-    report.key_source = "log"
-    report.notes.append(
-        "the public key was read from the log itself; pin it with --key for independent assurance"
-    )
-    return load_public_key(pem, str(layout.public_key))
+        keys = load_public_keys(public_key_pem, "--key")
+    else:
+        try:
+            pem = layout.public_key.read_bytes()
+        except OSError:
+            missing = Finding(Tamper.MALFORMED, str(layout.public_key), 0, None, "missing")
+            raise _Stop(missing) from None
+        report.key_source = "log"
+        report.notes.append(
+            "the public key was read from the log itself; pin it with --key for independent "
+            "assurance"
+        )
+        keys = load_public_keys(pem, str(layout.public_key))
+    by_id = {fingerprint(key): key for key in keys}
+    report.key_id = list(by_id)[-1]
+    if len(by_id) > 1:
+        report.notes.append(
+            f"the log was signed with {len(by_id)} keys in turn: {', '.join(by_id)}"
+        )
+    return by_id
 
 
-def _checkpoints(layout: Layout, meta: LogMeta, key: Any, report: Report) -> dict[int, Checkpoint]:
+def _checkpoints(
+    layout: Layout, meta: LogMeta, keys: dict[str, Any], report: Report
+) -> dict[int, Checkpoint]:
     pinned: dict[int, Checkpoint] = {}
     path = layout.checkpoints
     if not path.exists():
@@ -172,7 +188,9 @@ def _checkpoints(layout: Layout, meta: LogMeta, key: Any, report: Report) -> dic
             raise _Stop(Finding(Tamper.MALFORMED, *where, None, "unreadable checkpoint")) from None
         if cp.log_id != meta.log_id:
             raise _Stop(Finding(Tamper.EDIT, *where, cp.size, "checkpoint of another log"))
-        if not verify_signature(key, cp.message(), cp.signature):
+        named = keys.get(cp.key_id)  # the key id is not signed: any listed key may vouch
+        candidates = [named] if named is not None else list(keys.values())
+        if not any(verify_signature(key, cp.message(), cp.signature) for key in candidates):
             raise _Stop(Finding(Tamper.BAD_SIGNATURE, *where, cp.size, "signature does not verify"))
         if last is not None and (cp.size < last.size or cp.time < last.time):
             raise _Stop(Finding(Tamper.REORDER, *where, cp.size, "checkpoints out of order"))
@@ -326,9 +344,8 @@ def verify_log(path: Path, *, public_key_pem: bytes | None = None) -> Report:
     meta = layout.read_meta()
     report = Report(str(path))
     try:
-        key = _key(layout, public_key_pem, report)
-        report.key_id = fingerprint(key)
-        pinned = _checkpoints(layout, meta, key, report)
+        keys = _keys(layout, public_key_pem, report)
+        pinned = _checkpoints(layout, meta, keys, report)
         _walk(layout, meta, pinned, report)
     except _Stop as stop:
         report.finding = stop.finding

@@ -3,7 +3,8 @@
 ``append()`` returns only when its record is on disk (written and ``fdatasync``-ed). Appenders
 that arrive while a write is in flight are batched into the next write, so N concurrent callers
 cost one write and one fsync, not N (group commit). One writer thread owns the files; callers on
-any thread, or in asyncio (:meth:`AuditLog.append_async`), only hand it events.
+any thread, or in asyncio (:meth:`AuditLog.append_async`), only hand it events. Threads blocked
+on a commit are woken one after another, each by the one before (see ``_wait``).
 
 On open, a torn tail (bytes after the last complete line, left by a crash mid-write) is cut off,
 kept under ``quarantine/`` and reported, both in the log (an ``audit.recovered`` record) and in
@@ -12,6 +13,13 @@ acknowledged is never in a torn tail, because acknowledgement follows the fsync.
 
 If a write fails, the log fails closed: that batch and every later ``append`` raise
 :class:`~enclave.errors.AuditError`, so nothing that needs a record proceeds without one.
+
+Checkpoints are signed on a thread of their own, so a slow signer (a Vault transit key) never
+holds up an append. A signer that fails (Vault sealed, unreachable, the token revoked) does not
+fail the log: the records stay durable and protected by the hash chain, the failure is logged
+(once, then its recovery), and the checkpoint is tried again when the next one falls due
+(:attr:`AuditLog.checkpoint_failures` counts the attempts). Only a checkpoint that was signed but
+cannot be written to disk fails the log closed.
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ from enclave.audit.record import (
     split_line,
 )
 from enclave.audit.redact import redact
+from enclave.audit.signing import fingerprint, load_public_key, load_public_keys
 from enclave.errors import AuditError, ConflictError, InputError, IntegrityError
 
 if TYPE_CHECKING:
@@ -54,7 +63,17 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 COMMIT_DELAY = 0.0002
-"""Longest a commit waits for the appenders a batch usually has (seconds)."""
+"""Longest a commit waits for one more of the appenders a batch usually has (seconds)."""
+COMMIT_WAIT_MAX = 0.002
+"""Longest a commit waits for them in all (seconds)."""
+RELAY_TIMEOUT = 0.05
+"""How often a blocked thread checks whether its batch is done without having been woken: a
+wake-up relay broken by a caller that stopped waiting goes on after this (seconds)."""
+MAX_QUEUED_CHECKPOINTS = 4
+"""Checkpoints waiting for the signer at most (see ``AuditLog._request_checkpoint``)."""
+SIGN_RETRY_MAX = 30.0
+"""Longest wait before a checkpoint whose signing failed is tried again (seconds); otherwise
+the next one is tried when it falls due (``checkpoint_interval``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +119,7 @@ def utc_now() -> str:
 
 class _Batch:
     __slots__ = (
+        "done",
         "end",
         "error",
         "events",
@@ -121,8 +141,8 @@ class _Batch:
         self.receipts: list[AuditReceipt] = []
         self.refused: dict[int, InputError] = {}  # events that cannot be encoded, by index
         self.error: AuditError | None = None
-        # one held lock per blocked appender: releasing it wakes exactly that thread, with no
-        # shared lock for 32 woken threads to queue on (an Event would make them contend)
+        self.done = False  # receipts or error are final; set before any appender is woken
+        # one held lock per blocked appender, woken in a relay (see _wait)
         self.waiters: list[threading.Lock] = []
         self.futures: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[AuditReceipt], int]] = []
 
@@ -148,7 +168,17 @@ class AuditLog:
         self._lock = -1
         self._segment_bytes = 0
         self._signed_size = 0
-        self._signed_at = time.monotonic()
+        # checkpoint scheduling, under _sync_cond: what was last handed to the checkpointer
+        self._requested_size = 0
+        self._requested_at = time.monotonic()
+        self._retry_at = 0.0
+        self._sign_failures = 0
+        self._checkpoint_error: str | None = None  # a signed checkpoint the disk refused
+        self._syncer_done = False
+        # the checkpointer's inbox, under _checkpoint_cond (taken after _sync_cond, never before)
+        self._checkpoint_cond = threading.Condition()
+        self._checkpoint_due: deque[tuple[int, str]] = deque()
+        self._checkpoint_closing = False
         self._recent: deque[int] = deque(maxlen=16)
         self._target = 1
         self._sync_cond = threading.Condition()
@@ -162,6 +192,9 @@ class AuditLog:
         self._durable: tuple[int, str] = (0, self._head)
         self._writer = threading.Thread(target=self._run_writer, name="audit-writer", daemon=True)
         self._syncer = threading.Thread(target=self._run_syncer, name="audit-sync", daemon=True)
+        self._checkpointer = threading.Thread(
+            target=self._run_checkpointer, name="audit-checkpoint", daemon=True
+        )
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -173,22 +206,44 @@ class AuditLog:
         enclave: str,
         signer: Signer,
         settings: AuditSettings | None = None,
+        allow_key_change: bool = False,
     ) -> AuditLog:
-        """Open (creating if needed) the log at ``root`` and start its writer."""
+        """Open (creating if needed) the log at ``root`` and start its writer.
+
+        A log signed with another key is refused (:class:`ConflictError`) unless
+        ``allow_key_change``: then the signer's public key is added to ``audit.pub`` (the log
+        lists every key it was signed with) and an ``audit.signer-changed`` record says so. For
+        a signer whose key is legitimately replaced, e.g. an enclave's Vault transit key after
+        a teardown and a new provisioning.
+        """
         check_enclave_name(enclave)
         layout = Layout(root)
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
         root.chmod(0o700)
         lock = _lock(layout)
         try:
-            return cls._open_locked(layout, lock, enclave, signer, settings or AuditSettings())
+            return cls._open_locked(
+                layout,
+                lock,
+                enclave,
+                signer,
+                settings or AuditSettings(),
+                allow_key_change=allow_key_change,
+            )
         except BaseException:
             os.close(lock)  # closing the descriptor releases the lock
             raise
 
     @classmethod
     def _open_locked(
-        cls, layout: Layout, lock: int, enclave: str, signer: Signer, settings: AuditSettings
+        cls,
+        layout: Layout,
+        lock: int,
+        enclave: str,
+        signer: Signer,
+        settings: AuditSettings,
+        *,
+        allow_key_change: bool,
     ) -> AuditLog:
         root = layout.root
         if layout.meta.exists():
@@ -200,12 +255,13 @@ class AuditLog:
         else:
             meta = LogMeta(uuid.uuid4().hex, enclave, utc_now())
             layout.write_meta(meta)
-        _check_public_key(layout, signer)
+        previous_keys = _check_public_key(layout, signer, allow_change=allow_key_change)
         self = cls(layout, meta, signer, settings)
         self._lock = lock
         self._recover()
         self._writer.start()
         self._syncer.start()
+        self._checkpointer.start()
         if self.recovered is not None:
             torn = self.recovered
             self.append(
@@ -221,6 +277,17 @@ class AuditLog:
                         "bytes": torn.length,
                         "quarantined": torn.quarantined,
                     },
+                )
+            )
+        if previous_keys:
+            self.append(
+                AuditEvent(
+                    actor="audit-log",
+                    actor_kind=ActorKind.COMPONENT,
+                    action="audit.signer-changed",
+                    decision=Decision.INFO,
+                    reason="checkpoints are signed with a new key from here on",
+                    details={"key_id": signer.key_id, "previous_key_ids": previous_keys},
                 )
             )
         return self
@@ -241,7 +308,7 @@ class AuditLog:
             fsync_dir(self.layout.root)
             segments.pop()
         self._durable = (self._seq, self._head)
-        self._signed_size = self._last_checkpoint_size()
+        self._signed_size = self._requested_size = self._last_checkpoint_size()
 
     def _scan_tail(self, path: Path) -> tuple[int, str] | None:
         """The last record's ``(seq, hash)``, after cutting off a torn tail."""
@@ -325,7 +392,7 @@ class AuditLog:
         prepared: tuple[AuditEvent, tuple[str, ...]],
         waiter: threading.Lock | None = None,
         future: tuple[asyncio.AbstractEventLoop, asyncio.Future[AuditReceipt]] | None = None,
-    ) -> tuple[_Batch, int]:
+    ) -> tuple[_Batch, int, int]:
         with self._cond:
             if self._failed is not None:
                 raise self._failed
@@ -334,21 +401,22 @@ class AuditLog:
             batch = self._pending
             index = len(batch.events)
             batch.events.append(prepared)
+            slot = len(batch.waiters)
             if waiter is not None:
                 batch.waiters.append(waiter)
             if future is not None:
                 batch.futures.append((future[0], future[1], index))
             if index == 0 or index + 1 >= self._target:
                 self._cond.notify()
-            return batch, index
+            return batch, index, slot
 
     def append(self, event: AuditEvent) -> AuditReceipt:
         """Record ``event``; return once it is durable. Raises :class:`AuditError` if not."""
         prepared = self._prepare(event)
         waiter = threading.Lock()
         waiter.acquire()
-        batch, index = self._enqueue(prepared, waiter=waiter)
-        waiter.acquire()
+        batch, index, slot = self._enqueue(prepared, waiter=waiter)
+        _wait(batch, slot, waiter)
         if batch.error is not None:
             raise batch.error
         if index in batch.refused:
@@ -394,17 +462,25 @@ class AuditLog:
         """Wait briefly for the appenders a batch usually has (called with the lock held).
 
         Appenders woken by the previous commit re-enqueue a moment later; committing at the
-        first arrival would split them into small batches, each paying a full fsync.
+        first arrival would split them into small batches, each paying a full fsync and a
+        round of wake-ups. Tasks on an event loop arrive together; blocked threads arrive one
+        after another, as the wake-up relay (``_wait``) reaches them, so while threads keep
+        arriving the wait goes on, ``COMMIT_DELAY`` at a time, up to ``COMMIT_WAIT_MAX``.
         """
         target = self._target
-        if len(self._pending.events) >= target or self._closing:
+        batch = self._pending
+        if len(batch.events) >= target or self._closing:
             return
-        deadline = time.monotonic() + COMMIT_DELAY
-        while len(self._pending.events) < target and not self._closing:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return
-            self._cond.wait(remaining)
+        now = time.monotonic()
+        deadline, last = now + COMMIT_DELAY, now + COMMIT_WAIT_MAX
+        threads = len(batch.waiters)
+        while len(batch.events) < target and not self._closing:
+            if now >= deadline:
+                if len(batch.waiters) == threads or now >= last:  # no thread came: commit
+                    return
+                threads, deadline = len(batch.waiters), min(now + COMMIT_DELAY, last)
+            self._cond.wait(deadline - now)
+            now = time.monotonic()
 
     def _write_batch(self, batch: _Batch) -> None:
         with self._io_lock:
@@ -480,24 +556,42 @@ class AuditLog:
         return error
 
     def _run_syncer(self) -> None:
-        while True:
+        try:
+            while True:
+                with self._sync_cond:
+                    while (
+                        not self._written
+                        and not self._retired
+                        and not self._writer_done
+                        and self._checkpoint_error is None
+                    ):
+                        wait = self._checkpoint_wait()
+                        if wait is not None and wait <= 0:
+                            break
+                        self._sync_cond.wait(wait)
+                    batches, self._written = self._written, []
+                    retired, self._retired = self._retired, []
+                    done = self._writer_done
+                    lost, self._checkpoint_error = self._checkpoint_error, None
+                if lost is not None and self._sync_error is None:
+                    self._fail_unsynced(batches, lost)
+                if batches or retired:
+                    self._sync(batches, retired)
+                with self._sync_cond:
+                    self._syncer_done = done
+                    if self._sync_error is None and (
+                        self._checkpoint_wait() == 0
+                        or (done and self._durable[0] > self._requested_size)
+                    ):
+                        self._request_checkpoint()  # at the end: one last try, failed or not
+                if done:
+                    return
+        finally:
             with self._sync_cond:
-                while not self._written and not self._retired and not self._writer_done:
-                    wait = self._checkpoint_wait()
-                    if wait is not None and wait <= 0:
-                        break
-                    self._sync_cond.wait(wait)
-                batches, self._written = self._written, []
-                retired, self._retired = self._retired, []
-                done = self._writer_done
-            if batches or retired:
-                self._sync(batches, retired)
-            if self._sync_error is None and self._checkpoint_wait() == 0:
-                self._guarded_checkpoint()
-            if done:
-                if self._sync_error is None and self._durable[0] > self._signed_size:
-                    self._guarded_checkpoint()
-                return
+                self._syncer_done = True
+            with self._checkpoint_cond:
+                self._checkpoint_closing = True
+                self._checkpoint_cond.notify()
 
     def _sync(self, batches: list[_Batch], retired: list[int]) -> None:
         error = self._sync_error
@@ -529,18 +623,45 @@ class AuditLog:
         return error
 
     def _checkpoint_wait(self) -> float | None:
-        """Seconds until a checkpoint is due; 0 when due now, None when nothing is unsigned."""
-        unsigned = self._durable[0] - self._signed_size
+        """Seconds until a checkpoint is due; 0 when due now, None when nothing is unsigned.
+
+        Counted from the last checkpoint handed to the checkpointer (called with _sync_cond).
+        """
+        unsigned = self._durable[0] - self._requested_size
         if unsigned <= 0 or self._sync_error is not None:  # a failed log signs nothing more
             return None
+        now = time.monotonic()
+        if now < self._retry_at:  # the last signing failed: wait for the next checkpoint
+            return self._retry_at - now
         if unsigned >= self.settings.checkpoint_records:
             return 0
-        return max(0.0, self.settings.checkpoint_interval - (time.monotonic() - self._signed_at))
+        return max(0.0, self.settings.checkpoint_interval - (now - self._requested_at))
+
+    def _request_checkpoint(self) -> None:
+        """Hand the durable head to the checkpointer (called with _sync_cond held).
+
+        Requests are signed in order; when the signer falls :data:`MAX_QUEUED_CHECKPOINTS`
+        behind, the newest one waiting is replaced (a later checkpoint covers more).
+        """
+        self._requested_size = self._durable[0]
+        self._requested_at = time.monotonic()
+        with self._checkpoint_cond:
+            if len(self._checkpoint_due) >= MAX_QUEUED_CHECKPOINTS:
+                self._checkpoint_due[-1] = self._durable
+            else:
+                self._checkpoint_due.append(self._durable)
+            self._checkpoint_cond.notify()
+
+    @property
+    def checkpoint_failures(self) -> int:
+        """Checkpoints that could not be signed since the last one that was (0: all signed)."""
+        return self._sign_failures
 
     def _finish(self, batch: _Batch, error: AuditError | None) -> None:
         batch.error = error
-        for waiter in batch.waiters:
-            waiter.release()
+        batch.done = True
+        if batch.waiters:  # the first blocked appender wakes the next, and so on (see _wait)
+            batch.waiters[0].release()
         if batch.futures:  # one wake-up per event loop, not one per future
             by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[AuditReceipt], int]]]
             by_loop = {}
@@ -550,15 +671,80 @@ class AuditLog:
                 with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
                     loop.call_soon_threadsafe(_settle, items, batch, error)
 
-    def _guarded_checkpoint(self) -> None:
-        try:
-            self._write_checkpoint()
-        except Exception as exc:  # a lost checkpoint fails the log closed as well
-            self._fail_unsynced([], f"checkpoint failed: {exc}")
+    # -- the checkpointer thread -------------------------------------------------------------
 
-    def _write_checkpoint(self) -> Checkpoint:
-        size, head = self._durable  # only durable records are ever signed
-        checkpoint = make_checkpoint(self._signer, self.meta.log_id, size, head, utc_now())
+    def _run_checkpointer(self) -> None:
+        while True:
+            with self._checkpoint_cond:
+                while not self._checkpoint_due and not self._checkpoint_closing:
+                    self._checkpoint_cond.wait()
+                due = self._checkpoint_due.popleft() if self._checkpoint_due else None
+                closing = self._checkpoint_closing
+            if due is not None:
+                self._checkpoint(*due)
+            elif closing:
+                return
+
+    def _checkpoint(self, size: int, head: str) -> None:
+        """Sign and write a checkpoint of ``size`` records ending in ``head`` (both durable)."""
+        try:
+            checkpoint = make_checkpoint(self._signer, self.meta.log_id, size, head, utc_now())
+        except Exception as exc:  # any signer failure: the records stay durable
+            self._signing_failed(size, exc)
+            return
+        try:
+            self._write_checkpoint(checkpoint)
+        except Exception as exc:  # a lost checkpoint fails the log closed as well
+            why = f"checkpoint failed: {exc}"
+            with self._sync_cond:
+                syncer_gone = self._syncer_done
+                if not syncer_gone:  # the syncer fails the log, between two syncs
+                    self._checkpoint_error = why
+                    self._sync_cond.notify()
+            if syncer_gone:
+                self._fail_unsynced([], why)
+            return
+        with self._sync_cond:
+            failures, self._sign_failures = self._sign_failures, 0
+        if failures:
+            log.warning(
+                "audit log %s: checkpoints are signed again (seq %d), after %d failed attempt(s)",
+                self.layout.root,
+                size,
+                failures,
+            )
+
+    def _signing_failed(self, size: int, exc: Exception) -> None:
+        delay = min(max(self.settings.checkpoint_interval, 0.01), SIGN_RETRY_MAX)
+        with self._sync_cond:
+            self._sign_failures += 1
+            failures = self._sign_failures
+            self._requested_size = self._signed_size  # ask again once the retry is due
+            self._retry_at = time.monotonic() + delay
+            closing = self._syncer_done
+            with self._checkpoint_cond:
+                self._checkpoint_due.clear()  # queued requests would fail the same way
+            self._sync_cond.notify()
+        unsigned = size - self._signed_size
+        if closing:
+            log.warning(
+                "audit log %s: the final checkpoint could not be signed (%s); %d record(s) "
+                "stay unsigned until the log is next opened",
+                self.layout.root,
+                exc,
+                unsigned,
+            )
+        elif failures == 1:
+            log.warning(
+                "audit log %s: a checkpoint could not be signed (%s); the records are durable "
+                "and the next checkpoint tries again",
+                self.layout.root,
+                exc,
+            )
+        else:
+            log.debug("audit log %s: checkpoint still not signed (%s)", self.layout.root, exc)
+
+    def _write_checkpoint(self, checkpoint: Checkpoint) -> None:
         fd = os.open(self.layout.checkpoints, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             view = memoryview(checkpoint.to_line())
@@ -568,8 +754,6 @@ class AuditLog:
         finally:
             os.close(fd)
         self._signed_size = checkpoint.size
-        self._signed_at = time.monotonic()
-        return checkpoint
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -583,7 +767,7 @@ class AuditLog:
         with self._cond:
             self._closing = True
             self._cond.notify()
-        for thread in (self._writer, self._syncer):
+        for thread in (self._writer, self._syncer, self._checkpointer):
             if thread.is_alive():
                 thread.join()
         if self._fd >= 0:
@@ -633,6 +817,25 @@ def _settle(
             future.set_result(batch.receipts[index])
 
 
+def _wait(batch: _Batch, slot: int, waiter: threading.Lock) -> None:
+    """Block until ``batch`` is done, then wake the thread that blocked on it after this one.
+
+    Threads blocked on a batch are woken in a relay, not all at once. Releasing 32 locks
+    together makes 32 threads runnable at one moment: each wakes, finds the GIL held, sleeps
+    on it and is woken again, and the releasing thread is preempted by them on the way. In a
+    relay each thread is woken once, by the one before it, which then soon blocks again.
+    A caller whose wait ends in an exception before the batch is done (a signal handler
+    raised) cannot pass the relay on: the threads after it find the batch done when their
+    ``RELAY_TIMEOUT`` runs out, and go on.
+    """
+    try:
+        while not waiter.acquire(timeout=RELAY_TIMEOUT) and not batch.done:
+            pass
+    finally:
+        if batch.done and slot + 1 < len(batch.waiters):  # never wake the next one early
+            batch.waiters[slot + 1].release()
+
+
 def _lock(layout: Layout) -> int:
     """An exclusive lock on the log: one writer at a time, across processes."""
     fd = os.open(layout.lock, os.O_RDWR | os.O_CREAT, 0o600)
@@ -644,13 +847,31 @@ def _lock(layout: Layout) -> int:
     return fd
 
 
-def _check_public_key(layout: Layout, signer: Signer) -> None:
+def _check_public_key(layout: Layout, signer: Signer, *, allow_change: bool) -> list[str]:
+    """Record the signer's public key in ``audit.pub``; the key ids listed before, if it was
+    added to a log signed with other keys (empty otherwise)."""
     pem = signer.public_key_pem()
-    if layout.public_key.exists():
-        if layout.public_key.read_bytes() != pem:
-            raise ConflictError(
-                f"{layout.public_key}: the log is signed with another key; "
-                "open it with the key that created it"
-            )
-        return
-    write_file(layout.public_key, pem, mode=0o644)
+    if not layout.public_key.exists():
+        write_file(layout.public_key, pem, mode=0o644)
+        return []
+    listed = layout.public_key.read_bytes()
+    if listed == pem:
+        return []
+    source = str(layout.public_key)
+    known = [fingerprint(key) for key in load_public_keys(listed, source)]
+    if fingerprint(load_public_key(pem, "the signer")) in known:
+        return []
+    if not allow_change:
+        raise ConflictError(
+            f"{layout.public_key}: the log is signed with another key; "
+            "open it with the key that created it"
+        )
+    write_file(layout.public_key, listed.rstrip(b"\n") + b"\n" + pem, mode=0o644)
+    log.warning(
+        "audit log %s: its checkpoints are signed with a new key %s from now on "
+        "(previously %s); audit.pub lists them all",
+        layout.root,
+        signer.key_id,
+        ", ".join(known),
+    )
+    return known

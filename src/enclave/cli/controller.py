@@ -4,8 +4,9 @@
 controller (:mod:`enclave.shutdown.controller`), a host process that ``enclave up`` starts. It
 logs into Vault as the enclave's controller (``--bootstrap FILE|-``; for local runs an admin
 token, as the other commands take it), reads the control key, opens its own audit log and state
-under ``<state>/enclaves/<name>/controller/``, serves its API on ``api.sock`` there, and runs
-until SIGTERM or SIGINT (finishing a kill under way first).
+under ``<state>/enclaves/<name>/controller/`` (the log's checkpoints signed in Vault with the
+enclave's transit key, whose public key the log records for offline verification), serves its
+API on ``api.sock`` there, and runs until SIGTERM or SIGINT (finishing a kill under way first).
 
 ``enclave kill``, ``enclave resume`` and ``enclave controller status`` are thin clients of that
 API. The caller's own enclave API token comes from ``--token-file`` (mode 0600), never an
@@ -27,7 +28,7 @@ from typing import Annotated, Any
 import typer
 
 from enclave import lifecycle
-from enclave.audit import AuditLog, AuditSettings, Ed25519Signer
+from enclave.audit import AuditLog, AuditSettings
 from enclave.cli.console import out, print_json
 from enclave.cli.context import state_dir
 from enclave.cli.secretfile import read_secret_file
@@ -60,6 +61,7 @@ from enclave.shutdown.workload import DockerWorkload
 from enclave.spec import load_spec
 from enclave.vault.controlkey import read_control_key
 from enclave.vault.names import CONTROLLER, EnclavePaths
+from enclave.vault.transit import audit_signer
 
 log = logging.getLogger(__name__)
 
@@ -136,15 +138,9 @@ def run(
         required=shutdown.resume_approvals,
         exclude_trigger=shutdown.resume_excludes_trigger,
     )
-    signer = Ed25519Signer.from_file(home / "audit.key", create=True)
     audits = gateway_audit or [lifecycle.audit_dir(state, name)]
+    paths = EnclavePaths(name)
     with (
-        AuditLog.open(  # one writer per log: a second controller of this enclave stops here
-            home / "audit",
-            enclave=name,
-            signer=signer,
-            settings=AuditSettings.from_spec(loaded.spec.audit),
-        ) as audit_log,
         component_session(
             loaded,
             CONTROLLER,
@@ -152,8 +148,15 @@ def run(
             token_file=vault_token_file,
             vault_address=vault_address,
         ) as session,
+        audit_signer(session.connection, session.token, paths) as signer,
+        AuditLog.open(  # one writer per log: a second controller of this enclave stops here
+            home / "audit",
+            enclave=name,
+            signer=signer,
+            settings=AuditSettings.from_spec(loaded.spec.audit),
+            allow_key_change=True,  # a re-provisioned enclave has a new transit key
+        ) as audit_log,
     ):
-        paths = EnclavePaths(name)
         key = read_control_key(session.client, paths)
         vault = ControllerVault(session.client, paths)
         controller = Controller(

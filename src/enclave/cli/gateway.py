@@ -4,7 +4,9 @@
 tokens from Vault with the gateway's own identity (``--bootstrap FILE``, or ``--bootstrap -``
 to read the material from stdin, as a container gets it; its token is then renewed for as long
 as the gateway runs) or, for local runs, an admin token (``--vault-token-file``), opens the
-enclave's audit log under the state directory and serves until SIGINT/SIGTERM. The gateway
+enclave's audit log under the state directory and serves until SIGINT/SIGTERM. The log's
+checkpoints are signed in Vault, with the enclave's transit key (its public key is recorded in
+the log's ``audit.pub``, so ``enclave audit verify`` works offline). The gateway
 serves only while the shutdown controller keeps its lease alive; the key the controller signs
 with is read from Vault (``<kv>/control/key``) after login, or from ``--control-key-file``.
 
@@ -27,7 +29,7 @@ import httpx
 import typer
 import uvicorn
 
-from enclave.audit import AuditLog, AuditSettings, Ed25519Signer
+from enclave.audit import AuditLog, AuditSettings
 from enclave.cli.context import state_dir
 from enclave.cli.secretfile import read_secret_file
 from enclave.cli.vaultconn import (
@@ -51,8 +53,10 @@ from enclave.runtime.server import bind, url_of
 from enclave.spec import load_spec
 from enclave.vault.controlkey import read_control_key as read_vault_control_key
 from enclave.vault.names import GATEWAY, EnclavePaths
+from enclave.vault.transit import audit_signer
 
 if TYPE_CHECKING:
+    from enclave.audit import Signer
     from enclave.spec import LoadedSpec
 
 log = logging.getLogger(__name__)
@@ -141,12 +145,16 @@ def serve(
     ) as session:
         paths = EnclavePaths(loaded.name)
         control_key = file_key or read_vault_control_key(session.client, paths)
-        _serve(loaded, session.client, upstreams, control_key, host, port, max_in_flight)
+        with audit_signer(session.connection, session.token, paths) as signer:
+            _serve(
+                loaded, session.client, signer, upstreams, control_key, host, port, max_in_flight
+            )
 
 
 def _serve(
     loaded: LoadedSpec,
     client: Any,
+    signer: Signer,
     upstreams: dict[str, str],
     control_key: bytes,
     host: str | None,
@@ -156,7 +164,6 @@ def _serve(
     pipeline = Pipeline.from_spec(loaded, vault_token_loader(client, EnclavePaths(loaded.name)))
     root = state_dir() / "enclaves" / loaded.name
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
-    signer = Ed25519Signer.from_file(root / "audit.key", create=True)
     listen = loaded.spec.gateway.listen
     sock = bind(
         host if host is not None else str(listen.host), listen.port if port is None else port
@@ -167,6 +174,7 @@ def _serve(
             enclave=loaded.name,
             signer=signer,
             settings=AuditSettings.from_spec(loaded.spec.audit),
+            allow_key_change=True,  # a re-provisioned enclave has a new transit key
         ) as audit_log:
             settings = GatewaySettings(
                 request_timeout=loaded.spec.gateway.request_timeout.total_seconds(),

@@ -1,7 +1,9 @@
 """``enclave token``: issue, list and revoke the API tokens people use at the gateway.
 
 A token is bound to a principal of the spec and to that principal's roles when it is issued.
-It is printed once, on stdout; Vault keeps only a keyed hash of it.
+It is printed once, on stdout; Vault keeps only a keyed hash of it. ``token revoke SPEC ID``
+revokes one token, ``token revoke SPEC --principal NAME`` every token of a principal (one line
+per token revoked, then the count; ``--json`` for records).
 """
 
 from __future__ import annotations
@@ -14,11 +16,11 @@ import typer
 
 from enclave.cli.console import err, out, print_json
 from enclave.cli.vaultconn import TokenFileOpt, admin_session
-from enclave.errors import InputError
+from enclave.errors import InputError, NotFoundError
 from enclave.spec import load_spec
 from enclave.spec.units import format_duration, parse_duration
 from enclave.vault.names import EnclavePaths
-from enclave.vault.tokens import PREFIX, issue, list_tokens, revoke_token
+from enclave.vault.tokens import PREFIX, issue, list_tokens, revoke_principal, revoke_token
 
 if TYPE_CHECKING:
     from datetime import timedelta
@@ -135,19 +137,78 @@ def _print_table(tokens: list[TokenInfo], in_spec: set[str], now: datetime) -> N
 def revoke(
     spec: SpecArg,
     token_id: Annotated[
-        str, typer.Argument(metavar="TOKEN_ID", help="The token's id (as `token list` shows).")
-    ],
+        str | None,
+        typer.Argument(
+            metavar="[TOKEN_ID]",
+            help="The token's id (as `token list` shows). Or give --principal instead.",
+            show_default=False,
+        ),
+    ] = None,
+    principal: Annotated[
+        str | None,
+        typer.Option(
+            "--principal",
+            "-p",
+            help="Revoke every API token of this principal (whether or not still in the spec).",
+            show_default=False,
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     token_file: TokenFileOpt = None,
 ) -> None:
-    """Revoke the API token TOKEN_ID of SPEC's enclave: its record is deleted from Vault."""
-    if token_id.startswith(PREFIX):
+    """Revoke the API token TOKEN_ID, or every token of --principal, of SPEC's enclave.
+
+    A revoked token's record is deleted from Vault; gateways refuse it within a second.
+    """
+    if token_id is not None and principal is not None:
+        raise InputError("give a TOKEN_ID or --principal NAME, not both")
+    if token_id is None and principal is None:
+        raise InputError(
+            "give a TOKEN_ID, or --principal NAME to revoke every token of that principal"
+        )
+    if token_id is not None and token_id.startswith(PREFIX):
         raise InputError(
             "TOKEN_ID: that is a whole API token; pass only its id (see `enclave token list`)"
         )
     loaded = load_spec(spec)
+    paths = EnclavePaths(loaded.name)
     with admin_session(loaded, token_file) as client:
-        info = revoke_token(client, EnclavePaths(loaded.name), token_id)
-    out().print(f"revoked API token {info.id} of {info.principal}", markup=False)
+        if token_id is not None:
+            info = revoke_token(client, paths, token_id)
+            who, revoked = info.principal, [info]
+        else:
+            assert principal is not None  # noqa: S101 - checked above; for the type checker
+            who, revoked = principal, list(revoke_principal(client, paths, principal).revoked)
+    in_spec = {p.name for p in loaded.spec.rbac.principals}
+    if not revoked and who not in in_spec:
+        known = ", ".join(sorted(in_spec)) or "none"
+        raise NotFoundError(
+            f"--principal: {who!r} holds no API tokens in enclave {loaded.name} and is not a "
+            f"principal of its spec (known: {known})"
+        )
+    if as_json:
+        print_json(
+            {
+                "enclave": loaded.name,
+                "principal": who,
+                "count": len(revoked),
+                "revoked": [t.as_dict() for t in revoked],
+            }
+        )
+        return
+    console = out()
+    for t in revoked:
+        console.print(
+            f"revoked API token {t.id} of {t.principal} (roles {','.join(t.roles)}, "
+            f"created {_when(t.created)})",
+            markup=False,
+        )
+    if principal is not None:
+        console.print(
+            f"revoked {len(revoked)} API token(s) of {who} in enclave {loaded.name}"
+            + ("" if revoked else ": none held"),
+            markup=False,
+        )
 
 
 app = typer.Typer(

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from enclave.cli.console import out, print_json
-from enclave.cli.vaultconn import TokenFileOpt, admin_session
+from enclave.cli.vaultconn import TokenFileOpt, admin_session, pending_rollbacks
 from enclave.spec import load_spec
 from enclave.vault.provision import provision, teardown
 
@@ -21,11 +21,12 @@ def provision_command(
 ) -> None:
     """Create (or bring up to date) the enclave's mounts, policies and AppRoles. Idempotent.
 
-    On failure, everything this run created is removed again.
+    On failure, everything this run created is removed again; if Vault is sealed or gone by
+    then, at the next command that connects to it once it is back.
     """
     loaded = load_spec(spec)
     with admin_session(loaded, vault_token_file) as client:
-        result = provision(client, loaded)
+        result = provision(client, loaded, pending=pending_rollbacks(loaded))
     if as_json:
         print_json(
             {

@@ -21,11 +21,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from enclave.cli.context import state_dir
+from enclave.cli.context import CONTEXT, state_dir
 from enclave.cli.secretfile import read_secret_file
 from enclave.errors import InputError
 from enclave.vault.client import VaultConnection, connect
 from enclave.vault.embedded import EmbeddedVault
+from enclave.vault.pending import PendingRollbacks
 from enclave.vault.provision import BootstrapMaterial, parse_bootstrap, read_bootstrap, redeem
 from enclave.vault.renew import TokenRenewer
 
@@ -52,7 +53,11 @@ TokenFileOpt = Annotated[
 
 
 def admin_client_for(loaded: LoadedSpec, token_file: Path | None) -> hvac.Client:
-    """An admin client for the spec's Vault (checked: reachable, unsealed, token valid)."""
+    """An admin client for the spec's Vault (checked: reachable, unsealed, token valid).
+
+    Before it is handed out, the rollback of any provisioning that failed against this Vault
+    while it was sealed or unreachable is finished (:mod:`enclave.vault.pending`).
+    """
     vault = loaded.spec.vault
     if vault.address == EMBEDDED:
         if token_file is not None:
@@ -60,19 +65,36 @@ def admin_client_for(loaded: LoadedSpec, token_file: Path | None) -> hvac.Client
                 "--vault-token-file is only for an external Vault; "
                 f"enclave {loaded.name} uses the embedded one"
             )
-        return EmbeddedVault(state_dir()).admin_client()
+        return EmbeddedVault(state_dir()).admin_client()  # it finishes its own rollbacks
     if token_file is None:
         raise InputError(
             f"enclave {loaded.name} uses the external Vault {vault.address}: "
             "pass its admin token with --vault-token-file FILE"
         )
+    connection = external_connection(loaded)
+    client = connect(connection, read_secret_file(token_file, "--vault-token-file"))
+    try:  # the state dir as it is (no mkdir): an admin command on its own creates nothing there
+        PendingRollbacks.external(CONTEXT.state_dir, connection.address).finish(client)
+    except BaseException:
+        client.adapter.close()
+        raise
+    return client
+
+
+def external_connection(loaded: LoadedSpec) -> VaultConnection:
+    """How the orchestrator reaches the spec's external Vault (its address, its CA bundle)."""
+    vault = loaded.spec.vault
     ca_bundle = loaded.resolve(vault.ca_bundle) if vault.ca_bundle else None
     if ca_bundle is not None and not ca_bundle.is_file():
         raise InputError(f"spec.vault.caBundle: {ca_bundle}: no such file")
-    return connect(
-        VaultConnection(vault.address, ca_bundle),
-        read_secret_file(token_file, "--vault-token-file"),
-    )
+    return VaultConnection(vault.address, ca_bundle)
+
+
+def pending_rollbacks(loaded: LoadedSpec) -> PendingRollbacks:
+    """Where provisioning the spec's enclave journals what it creates, until it succeeds."""
+    if loaded.spec.vault.address == EMBEDDED:
+        return EmbeddedVault(state_dir()).pending_rollbacks()
+    return PendingRollbacks.external(CONTEXT.state_dir, loaded.spec.vault.address)
 
 
 @contextlib.contextmanager
@@ -141,10 +163,17 @@ def component_connection(loaded: LoadedSpec, address: str) -> VaultConnection:
 
 @dataclass(slots=True)
 class ComponentSession:
-    """A Vault client for a component, and the renewer keeping its token alive (if any)."""
+    """A Vault client for a component, how it reaches Vault, and the renewer keeping its
+    token alive (if any)."""
 
     client: Any
+    connection: VaultConnection
     renewer: TokenRenewer | None = None
+
+    @property
+    def token(self) -> str:
+        """The component's Vault token (for a client of its own on another thread)."""
+        return str(self.client.token)
 
 
 @contextlib.contextmanager
@@ -165,7 +194,11 @@ def component_session(
         if vault_address is not None:
             raise InputError("--vault-address is only used with --bootstrap")
         with admin_session(loaded, token_file) as admin:
-            yield ComponentSession(admin)
+            if loaded.spec.vault.address == EMBEDDED:
+                connection = EmbeddedVault(state_dir()).connection()
+            else:
+                connection = external_connection(loaded)
+            yield ComponentSession(admin, connection)
         return
     if token_file is not None:
         raise InputError("give --bootstrap or --vault-token-file, not both")
@@ -180,7 +213,7 @@ def component_session(
     try:
         renewer = TokenRenewer.for_client(connection, client).start()
         try:
-            yield ComponentSession(client, renewer)
+            yield ComponentSession(client, connection, renewer)
         finally:
             renewer.stop()
     finally:

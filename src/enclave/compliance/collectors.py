@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 
 from enclave import controlproc, lifecycle
 from enclave.audit.reader import iter_records, record_time
-from enclave.audit.signing import Ed25519Signer
 from enclave.audit.verify import verify_log
 from enclave.backends import firewall
 from enclave.backends.base import LABEL_COMPONENT, LABEL_NAME
@@ -628,8 +627,8 @@ def _tree_private(root: Path) -> tuple[bool, list[str]]:
     return not loose, loose
 
 
-def audit_facts(log: Path, key_file: Path, now: datetime) -> dict[str, Any]:
-    """The gateway's audit log, verified: intact, signed, recent, private."""
+def audit_facts(log: Path, now: datetime) -> dict[str, Any]:
+    """The gateway's audit log, verified: intact, signed (by which key), recent, private."""
     facts: dict[str, Any] = {"path": str(log), "exists": log.is_dir()}
     empty = {
         "intact": False,
@@ -638,7 +637,6 @@ def audit_facts(log: Path, key_file: Path, now: datetime) -> dict[str, Any]:
         "checkpoints": 0,
         "unsigned_records": 0,
         "key_id": "",
-        "signer_key_id": "",
         "last_checkpoint": "",
         "checkpoint_age_s": None,
         "private": False,
@@ -655,10 +653,6 @@ def audit_facts(log: Path, key_file: Path, now: datetime) -> dict[str, Any]:
     if last is not None:
         with contextlib.suppress(ValueError):
             checkpoint_time = datetime.fromisoformat(last.time.replace("Z", "+00:00"))
-    try:
-        signer_id = Ed25519Signer.from_file(key_file).key_id if key_file.exists() else ""
-    except InputError:
-        signer_id = ""
     private, loose = _tree_private(log)
     return facts | {
         "intact": report.intact,
@@ -667,7 +661,6 @@ def audit_facts(log: Path, key_file: Path, now: datetime) -> dict[str, Any]:
         "checkpoints": report.checkpoints,
         "unsigned_records": report.unsigned,
         "key_id": report.key_id,
-        "signer_key_id": signer_id,
         "last_checkpoint": last.time if last else "",
         "checkpoint_age_s": _age(checkpoint_time, now),
         "private": private,

@@ -198,7 +198,7 @@ def collect(
 
     def audit() -> dict[str, Any]:
         log = lifecycle.audit_dir(state, name)
-        return {"audit": collectors.audit_facts(log, log.parent / "audit.key", now)}
+        return {"audit": collectors.audit_facts(log, now)}
 
     def drill() -> dict[str, Any]:
         log = lifecycle.enclave_dir(state, name) / "controller" / "audit"

@@ -8,7 +8,8 @@ every workload token never revokes its own), its own audit log and its own state
 
     <state>/enclaves/<name>/controller/state.json   the state machine (enclave.shutdown.state)
     <state>/enclaves/<name>/controller/audit/       its audit log (enclave.shutdown.journal)
-    <state>/enclaves/<name>/controller/audit.key    the log's Ed25519 checkpoint key
+    <state>/enclaves/<name>/controller/audit/audit.pub  the public keys of the enclave's Vault
+                                                    transit key that signs its checkpoints
     <state>/enclaves/<name>/controller/api.sock     its API (enclave.shutdown.api), 0600
 
 **States.** ``serving -> killing -> killed -> resuming -> serving``, persisted before anything

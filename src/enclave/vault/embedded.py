@@ -16,6 +16,9 @@
     init.json                           0600  unseal keys (3 shares, threshold 2) and the
                                               initial root token, revoked after bootstrap
     admin.token                         0600  the scoped admin token (policy enclave_orchestrator)
+    rollbacks/                          0700  journals of provisioning runs under way, or
+                                              whose rollback the server refused (sealed,
+                                              gone); see :mod:`enclave.vault.pending`
     INSECURE-SINGLE-HOST-DEFAULT.txt          why the keys above sit next to the data
 
 Every method is idempotent. :meth:`EmbeddedVault.start` reuses a running server (recognised by
@@ -26,6 +29,8 @@ lost or expired, which needs one restart with those unauthenticated endpoints op
 OpenBao 2.5.3 keeps them closed). The root token from ``sys/init`` is revoked as soon as the
 admin token exists. A config.hcl that differs from what enclave renders restarts the server
 (so a server whose config an earlier version wrote gets the unix listener on its next start).
+Once the server is up, ``start`` finishes the rollback of any provisioning that the server
+interrupted by being sealed or killed (:meth:`EmbeddedVault.pending_rollbacks`).
 
 The unix listener is how containers reach the embedded Vault: they have no network path to the
 host at all, so a backend bind-mounts the *directory* ``run/`` (never the socket file: a
@@ -63,6 +68,7 @@ from enclave.errors import (
 )
 from enclave.vault.client import VaultConnection, anonymous, connect, translate
 from enclave.vault.names import CONTROLLER, GATEWAY, model_component
+from enclave.vault.pending import PendingRollbacks
 from enclave.vault.policies import ADMIN_POLICY, admin_rules, render
 from enclave.vault.tls import TlsFiles, ensure_tls, write_private
 
@@ -242,6 +248,7 @@ class EmbeddedVault:
                     state.pid = None
                     self._save(state)
                 raise
+        self._finish_rollbacks(state)
         return self._status(state, pid, bootstrapped=bootstrapped)
 
     def stop(self) -> int | None:
@@ -289,6 +296,25 @@ class EmbeddedVault:
         """
         self.start()
         return connect(self.connection(), self._admin_token())
+
+    def pending_rollbacks(self) -> PendingRollbacks:
+        """The journals of provisioning runs against this server (see :func:`provision`)."""
+        return PendingRollbacks(self.directory / "rollbacks", "embedded")
+
+    def _finish_rollbacks(self, state: _State) -> None:
+        """Finish what a sealed or killed server kept provisioning from rolling back."""
+        pending = self.pending_rollbacks()
+        if not pending.pending():
+            return
+        try:
+            client = connect(VaultConnection(state.address, self.tls.ca_cert), self._admin_token())
+        except VaultError as exc:  # the server is up and the token worked a moment ago
+            log.warning("vault: cannot finish pending rollbacks yet: %s", exc)
+            return
+        try:
+            pending.finish(client)
+        finally:
+            client.adapter.close()
 
     def inventory(self) -> dict[str, EnclaveInventory]:
         """The enclaves provisioned in our (running, unsealed) server, by name; never starts it."""

@@ -3,7 +3,8 @@
 :func:`enclave_facts` reads, with an admin client (the embedded default's scoped admin token,
 or any token allowed to read these paths): the enclave's ACL policies and their rules, its
 AppRole roles' token and secret-id settings, its auth mounts' lease limits, the enabled audit
-devices, the audit-signer transit key's type, and whether the control key exists (never its
+devices, the audit-signer transit key's type and key id (the fingerprint the enclave's audit
+logs name their checkpoints' key by), and whether the control key exists (never its
 value). :func:`token_live` says whether a token still works (a revoked initial root token
 does not); :func:`embedded_secrets` lists the embedded server's own secrets so that a scanner
 can look for them elsewhere without ever writing them out.
@@ -13,10 +14,15 @@ Nothing here writes to Vault.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import re
 from typing import TYPE_CHECKING, Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from enclave.audit.signing import fingerprint
 from enclave.errors import VaultForbiddenError, VaultNotFoundError
 from enclave.vault.client import VaultConnection, anonymous, translate
 from enclave.vault.names import AUDIT_SIGNER_KEY, CONTROL_KEY, CONTROLLER, EnclavePaths
@@ -186,13 +192,24 @@ def _signer(client: Any, paths: EnclavePaths) -> dict[str, Any]:
                 client.secrets.transit.read_key(name=AUDIT_SIGNER_KEY, mount_point=paths.transit)
             )
     except VaultNotFoundError:
-        return {"present": False, "type": "", "exportable": False, "versions": 0}
+        return {"present": False, "type": "", "exportable": False, "versions": 0, "key_id": ""}
     return {
         "present": True,
         "type": str(data.get("type", "")),
         "exportable": bool(data.get("exportable")),
         "versions": len(data.get("keys") or {}),
+        "key_id": _signer_key_id(data),
     }
+
+
+def _signer_key_id(data: dict[str, Any]) -> str:
+    """The fingerprint of the transit key's latest ed25519 public key ("" if it has none)."""
+    try:
+        version = str(data["latest_version"])
+        raw = base64.b64decode(data["keys"][version]["public_key"], validate=True)
+        return fingerprint(Ed25519PublicKey.from_public_bytes(raw))
+    except (KeyError, TypeError, ValueError, binascii.Error):
+        return ""
 
 
 def _exists(client: Any, mount: str, path: str) -> bool:

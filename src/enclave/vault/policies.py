@@ -1,13 +1,33 @@
 """The Vault policies enclave writes, generated from the spec (least privilege, reviewed here).
 
-Workload policies (gateway, model servers) have no ``sudo`` and no path wider than their own
-enclave's subtree; every path is exact or a glob under ``enclave-<name>-kv/data/<area>/``. Only
-the gateway and the controller may read the control key (``<kv>/data/control/key``) and the
+Workload policies (gateway, model servers) have no ``sudo`` and no path outside their own
+enclave; every path is exact or a glob under ``enclave-<name>-kv/data/<area>/``. Only the
+gateway and the controller may read the control key (``<kv>/data/control/key``) and the
 API-token records with their HMAC key (the controller reads one record by id, to check who asks
-it for a kill or a resume; it cannot list them). The shutdown controller holds ``sudo`` on
-exactly the two lease paths it needs to revoke every workload token at once (Vault protects
-those endpoints with ``sudo``), and on ``sys/seal`` only when the spec asks for break-glass
-sealing.
+it for a kill or a resume; it cannot list them); only they may sign with the enclave's transit
+key (their audit logs' checkpoints). No policy has a bare ``*``, a ``+`` segment, or a glob
+outside its own enclave's KV.
+
+Two deliberate deviations from "no ``*`` paths, no ``sudo``", each as narrow as Vault allows
+(``tests/integration/test_vault_provision.py`` asserts exactly this, and fails on anything
+wider):
+
+- **The controller holds ``sudo``** on exactly two paths, its enclave's own workload lease
+  prefix: ``list`` on ``sys/leases/lookup/auth/enclave-<name>-approle/login/`` (to count what
+  it revokes) and ``update`` on ``sys/leases/revoke-prefix/auth/enclave-<name>-approle/login``
+  (to revoke every gateway and model-server token in one synchronous call, the kill switch's
+  Vault step). Vault and OpenBao protect both endpoints with ``sudo`` and offer no sudo-free
+  way to do this: revoking token by token needs their accessors, and listing accessors
+  (``auth/token/accessors``) needs ``sudo`` as well, over every token of the server. The paths
+  are exact (no glob): the controller cannot list or revoke another enclave's leases, nor the
+  controller's own (they come from the separate ``-control`` mount). ``sys/seal`` (also
+  ``sudo``) is granted only when the spec asks for break-glass sealing. Nothing else has sudo.
+- **Trailing globs inside a component's own KV area**: ``<kv>/data/api-tokens/*`` (the gateway
+  and the controller read people's token records) and ``<kv>/data/models/<model>/*`` (a model
+  server's own secrets), ``read`` only. Token records are created after the policy, one per
+  issued token under a random id, so their paths cannot be named in advance; exact paths would
+  mean rewriting the policy at every ``enclave token issue``, which would give token issuing
+  the right to write policies. The glob is the last segment only, one area deep.
 
 The orchestrator policy is what the embedded default's admin token carries: it manages objects
 named ``enclave-*`` and nothing else. Its own name does not match ``enclave-*``, so it cannot
@@ -109,6 +129,16 @@ def controller_rules(paths: EnclavePaths, *, seal: bool) -> list[Rule]:
     if seal:
         rules.append(Rule("sys/seal", ("update", "sudo")))
     return rules
+
+
+def owned_policy(paths: EnclavePaths, text: str) -> bool:
+    """Whether a policy's text is about this enclave's own paths.
+
+    Policy names alone are ambiguous (enclave ``a``'s model ``x-gateway`` and enclave
+    ``a-model-x``'s gateway are both ``enclave-a-model-x-gateway``); the paths inside are not.
+    """
+    own = (f'"{paths.kv}/', f'"{paths.transit}/', f"/auth/{paths.workload_auth}/")
+    return any(marker in text for marker in own)
 
 
 def component_rules(paths: EnclavePaths, component: str, *, seal: bool = False) -> list[Rule]:

@@ -18,8 +18,11 @@ its holder keeps renewing it (:class:`~enclave.vault.renew.TokenRenewer`): a lon
 component needs no second secret-id, and a dead one's token is gone within one period. The
 AppRole mounts' ``max_lease_ttl`` (:data:`TOKEN_MAX_TTL`) caps every period, so no component
 token ever holds more than an hour of life. Provisioning is idempotent (a second run changes
-nothing) and all or nothing: whatever a failed run created is removed again before its error is
-re-raised.
+nothing) and all or nothing: whatever a failed run created is removed again (and whatever it
+changed restored) before its error is re-raised. When Vault is sealed or gone mid-way it
+refuses that rollback too; given a :class:`~enclave.vault.pending.PendingRollbacks`, the run
+keeps its journal on disk from its first step, and the next admin connection to that Vault
+finishes the rollback once Vault is back.
 
 :func:`bootstrap` issues what a component needs to log in: its role-id and a *new* single-use
 secret-id that only ever travels response-wrapped (a wrapping token valid at most
@@ -33,12 +36,12 @@ then keeps its periodic token alive with :class:`~enclave.vault.renew.TokenRenew
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import os
 import secrets
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -46,7 +49,6 @@ from typing import TYPE_CHECKING, Any
 
 from enclave.errors import (
     ConflictError,
-    EnclaveError,
     InputError,
     VaultError,
     VaultForbiddenError,
@@ -64,9 +66,11 @@ from enclave.vault.names import (
     EnclavePaths,
     model_component,
 )
-from enclave.vault.policies import component_rules, render
+from enclave.vault.pending import PendingRollbacks, RollbackJournal, Undo
+from enclave.vault.policies import component_rules, owned_policy, render
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
     from pathlib import Path
 
     from enclave.spec import LoadedSpec
@@ -92,8 +96,6 @@ BOOTSTRAP_FORMAT = 1
 KV_READY_TIMEOUT = 10.0
 """How long to wait for a new KV v2 mount to finish its set-up (seconds)."""
 _KV_UPGRADING = "Upgrading from non-versioned to versioned data"
-
-_Undo = Callable[[], object]
 
 
 def components(loaded: LoadedSpec) -> tuple[str, ...]:
@@ -133,55 +135,71 @@ class TeardownReport:
 
 
 class _Journal:
-    """Every object this run created or changed, with how to undo it (newest last)."""
+    """Every object this run created or changed, with how to undo it (newest last).
 
-    def __init__(self) -> None:
+    The undo steps go to a :class:`~enclave.vault.pending.RollbackJournal`, on disk when the
+    run has one, so that a rollback Vault refused can be finished later.
+    """
+
+    def __init__(self, steps: RollbackJournal) -> None:
         self.created: list[str] = []
         self.updated: list[str] = []
-        self._undo: list[tuple[str, _Undo]] = []
+        self.steps = steps
 
-    def create(self, what: str, undo: _Undo) -> None:
+    def create(self, what: str, op: str, **args: Any) -> None:
         """Record ``what`` *before* creating it: a create that fails after Vault applied it
         (a timeout) is then still undone; undoing something absent is harmless."""
+        self.steps.record(Undo(op, what, args))
         self.created.append(what)
-        self._undo.append((f"remove {what}", undo))
 
-    def update(self, what: str, undo: _Undo) -> None:
+    def update(self, what: str, op: str, **args: Any) -> None:
+        self.steps.record(Undo(op, what, args))
         self.updated.append(what)
-        self._undo.append((f"restore {what}", undo))
 
-    def rollback(self) -> list[str]:
+    def rollback(self, client: Any) -> list[str]:
         """Undo everything, newest first, each step on its own; returns what could not be."""
-        left = []
-        for doing, undo in reversed(self._undo):
-            try:
-                with translate(f"rollback: {doing}"):
-                    undo()
-            except EnclaveError as exc:
-                log.warning("%s", exc)
-                left.append(doing)
-        return left
+        return [step.doing for step in self.steps.rollback(client)]
 
 
-def provision(client: Any, loaded: LoadedSpec) -> Provisioned:
+@contextlib.contextmanager
+def _journal(
+    client: Any, enclave: str, pending: PendingRollbacks | None
+) -> Iterator[RollbackJournal]:
+    if pending is None:
+        yield RollbackJournal(enclave)
+        return
+    with pending.journal(client, enclave) as steps:  # finishes an earlier run's rollback
+        yield steps
+
+
+def provision(
+    client: Any, loaded: LoadedSpec, *, pending: PendingRollbacks | None = None
+) -> Provisioned:
     """Create (or confirm) every Vault object of ``loaded``'s enclave; all or nothing.
 
     Needs a token with :data:`~enclave.vault.policies.ADMIN_POLICY` (or root). Raises
     :class:`~enclave.errors.ConflictError` when an object of that name exists but is not this
     enclave's (another type of mount, another enclave's policy, an exportable key), and a
     :class:`~enclave.errors.VaultError` when Vault fails; either way what this run created has
-    been removed again (when Vault is sealed or gone mid-way that cannot be done: the error
-    says so, and :func:`teardown` removes the rest).
+    been removed again. When Vault is sealed or gone mid-way that cannot be done: the error
+    names what is left, and with ``pending`` (where the journal is kept) the next admin
+    connection to this Vault removes it; without, :func:`teardown` does.
     """
-    started = time.perf_counter()
-    paths = EnclavePaths(loaded.name)
-    parts = components(loaded)
-    seal = loaded.spec.shutdown.seal_vault
-    journal = _Journal()
     with translate("read seal status"):
         sealed = bool(client.sys.read_seal_status().get("sealed"))
     if sealed:
         raise VaultSealedError(f"vault: provision enclave {loaded.name}: Vault is sealed")
+    with _journal(client, loaded.name, pending) as steps:
+        return _provision(client, loaded, _Journal(steps), pending)
+
+
+def _provision(
+    client: Any, loaded: LoadedSpec, journal: _Journal, pending: PendingRollbacks | None
+) -> Provisioned:
+    started = time.perf_counter()
+    paths = EnclavePaths(loaded.name)
+    parts = components(loaded)
+    seal = loaded.spec.shutdown.seal_vault
     try:
         mounts = _list(client.sys.list_mounted_secrets_engines, "list secrets engines")
         _ensure_mount(client, journal, mounts, paths.kv, "kv", options={"version": "2"})
@@ -210,20 +228,28 @@ def provision(client: Any, loaded: LoadedSpec) -> Provisioned:
             _ensure_policy(client, journal, paths, component, seal=seal)
             _ensure_role(client, journal, paths, component)
     except BaseException as exc:
-        left = journal.rollback()
+        left = journal.rollback(client)
         if left:
+            then = (
+                "removed at the next admin connection to this Vault once it is back"
+                if pending is not None
+                else "run teardown once Vault is back"
+            )
             log.error(  # noqa: TRY400 - the caller gets the error; no traceback here
-                "vault: provision enclave %s failed and %d object(s) could not be removed; "
-                "run teardown once Vault is back",
+                "vault: provision enclave %s failed and %d step(s) could not be undone (%s); %s",
                 loaded.name,
                 len(left),
+                ", ".join(left),
+                then,
             )
             if isinstance(exc, VaultError):  # one-line messages: say it where it is seen
                 raise type(exc)(
-                    f"{exc}; rollback incomplete: {len(left)} object(s) left, run teardown"
+                    f"{exc}; rollback incomplete: {len(left)} object(s) left "
+                    f"({', '.join(left)}), {then}"
                 ) from None
-            exc.add_note(f"rollback incomplete: {', '.join(left)}")
+            exc.add_note(f"rollback incomplete: {', '.join(left)}; {then}")
         raise
+    journal.steps.close()
     seconds = time.perf_counter() - started
     log.info(
         "vault: enclave %s provisioned (%d created, %d updated) in %.2f s",
@@ -289,7 +315,7 @@ def _ensure_mount(
         if existing.get("type") != kind or wrong:
             raise ConflictError(f"vault: mount {path}/ exists but is not enclave's {kind} engine")
         return
-    journal.create(f"mount {path}", lambda: client.sys.disable_secrets_engine(path))
+    journal.create(f"mount {path}", "disable-mount", path=path)
     with translate(f"enable {kind} at {path}"):
         client.sys.enable_secrets_engine(
             kind, path=path, description=f"enclave: {path}", options=options
@@ -308,11 +334,7 @@ def _ensure_signer_key(client: Any, journal: _Journal, paths: EnclavePaths) -> N
             )
         return
 
-    def undo() -> None:
-        transit.update_key_configuration(name=name, deletion_allowed=True, mount_point=mount)
-        transit.delete_key(name=name, mount_point=mount)
-
-    journal.create(f"transit key {mount}/{name}", undo)
+    journal.create(f"transit key {mount}/{name}", "delete-transit-key", mount=mount, name=name)
     with translate(f"create transit key {name}"):
         transit.create_key(name=name, key_type="ed25519", exportable=False, mount_point=mount)
 
@@ -331,10 +353,7 @@ def _ensure_random_key(
     )
     if meta is not None:
         return
-    journal.create(
-        f"secret {mount}/{path}",
-        lambda: kv.delete_metadata_and_all_versions(path=path, mount_point=mount),
-    )
+    journal.create(f"secret {mount}/{path}", "delete-secret", mount=mount, path=path)
     value = base64.b64encode(secrets.token_bytes(size)).decode("ascii")
     with translate(f"write {path}"):
         # cas=0: only if it does not exist yet, so a concurrent run cannot replace it either
@@ -347,7 +366,7 @@ def _ensure_auth(client: Any, journal: _Journal, auths: dict[str, Any], path: st
         if existing.get("type") != "approle":
             raise ConflictError(f"vault: auth mount {path}/ exists but is not an AppRole mount")
         return
-    journal.create(f"auth mount {path}", lambda: client.sys.disable_auth_method(path))
+    journal.create(f"auth mount {path}", "disable-auth", path=path)
     with translate(f"enable approle at auth/{path}"):
         client.sys.enable_auth_method(
             "approle",
@@ -355,16 +374,6 @@ def _ensure_auth(client: Any, journal: _Journal, auths: dict[str, Any], path: st
             description=f"enclave: {path}",
             config={"default_lease_ttl": f"{TOKEN_TTL}s", "max_lease_ttl": f"{TOKEN_MAX_TTL}s"},
         )
-
-
-def _owned(paths: EnclavePaths, text: str) -> bool:
-    """Whether a policy's text is about this enclave's own paths.
-
-    Policy names alone are ambiguous (enclave ``a``'s model ``x-gateway`` and enclave
-    ``a-model-x``'s gateway are both ``enclave-a-model-x-gateway``); the paths inside are not.
-    """
-    own = (f'"{paths.kv}/', f'"{paths.transit}/', f"/auth/{paths.workload_auth}/")
-    return any(marker in text for marker in own)
 
 
 def _ensure_policy(
@@ -378,14 +387,11 @@ def _ensure_policy(
     if have == text:
         return
     if have is None:
-        journal.create(f"policy {name}", lambda: policies.delete_acl_policy(name))
+        journal.create(f"policy {name}", "delete-policy", name=name)
     else:
-        if not _owned(paths, have):
+        if not owned_policy(paths, have):
             raise ConflictError(f"vault: policy {name} exists and belongs to another enclave")
-        previous = have
-        journal.update(
-            f"policy {name}", lambda: policies.create_or_update_acl_policy(name, previous)
-        )
+        journal.update(f"policy {name}", "restore-policy", name=name, policy=have)
     with translate(f"write policy {name}"):
         policies.create_or_update_acl_policy(name=name, policy=text)
 
@@ -417,13 +423,13 @@ def _ensure_role(client: Any, journal: _Journal, paths: EnclavePaths, component:
             return
         journal.update(
             f"role {mount}/{component}",
-            lambda: approle.create_or_update_approle(component, mount_point=mount, **previous),
+            "restore-role",
+            mount=mount,
+            role=component,
+            settings=previous,
         )
     else:
-        journal.create(
-            f"role {mount}/{component}",
-            lambda: approle.delete_role(role_name=component, mount_point=mount),
-        )
+        journal.create(f"role {mount}/{component}", "delete-role", mount=mount, role=component)
     with translate(f"write role {component}"):
         approle.create_or_update_approle(component, mount_point=mount, **wanted)
 
@@ -440,7 +446,7 @@ def teardown(client: Any, enclave: str) -> TeardownReport:
         names = list(client.sys.list_acl_policies()["data"]["keys"])
     for name in sorted(n for n in names if n.startswith(f"{paths.prefix}-")):
         current = _read(partial(client.sys.read_acl_policy, name), f"read policy {name}")
-        if current is None or not _owned(paths, str(current.get("policy", ""))):
+        if current is None or not owned_policy(paths, str(current.get("policy", ""))):
             continue
         with translate(f"delete policy {name}"):
             client.sys.delete_acl_policy(name)

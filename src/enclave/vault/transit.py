@@ -7,21 +7,33 @@ in the clear) so the log can be verified offline, and the key id is the same fin
 
 The signer pins the key version it found when it was created: rotating the transit key does
 not change the key of a log that is open (a new signer picks up the new version).
+
+:func:`audit_signer` is how a component (gateway, shutdown controller) gets its enclave's
+signer: on an HTTP session of its own, because the audit log signs from its own thread while
+the component goes on using its client.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-from typing import Any
+import contextlib
+from typing import TYPE_CHECKING, Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from enclave.audit.signing import fingerprint
-from enclave.errors import VaultError
-from enclave.vault.client import translate
+from enclave.errors import VaultError, VaultNotFoundError
+from enclave.vault.client import anonymous, translate
+from enclave.vault.names import AUDIT_SIGNER_KEY
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from enclave.vault.client import VaultConnection
+    from enclave.vault.names import EnclavePaths
 
 
 class TransitSigner:
@@ -84,3 +96,27 @@ class TransitSigner:
 
     def __repr__(self) -> str:
         return f"TransitSigner({self._mount}/{self._key} v{self._version}, key_id={self._id})"
+
+
+@contextlib.contextmanager
+def audit_signer(
+    connection: VaultConnection, token: str, paths: EnclavePaths
+) -> Iterator[TransitSigner]:
+    """The enclave's audit checkpoint signer (its transit key), on a client of its own.
+
+    ``token`` is the component's own Vault token (its policy may sign with the key and read
+    it). The client is closed when the block exits.
+    """
+    client = anonymous(connection)
+    client.token = token
+    try:
+        try:
+            signer = TransitSigner(client, paths.transit, AUDIT_SIGNER_KEY)
+        except VaultNotFoundError:
+            raise VaultNotFoundError(
+                f"vault: enclave {paths.enclave} has no audit signer key "
+                f"{paths.transit}/{AUDIT_SIGNER_KEY} (run `enclave vault provision`)"
+            ) from None
+        yield signer
+    finally:
+        client.adapter.close()
