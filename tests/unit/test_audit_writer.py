@@ -6,6 +6,7 @@ import asyncio
 import errno
 import json
 import os
+import signal
 import stat
 import threading
 import time
@@ -29,7 +30,7 @@ from enclave.audit.signing import load_public_key, verify_signature
 from enclave.errors import AuditError, ConflictError, InputError, IntegrityError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
 # no checkpoint unless a test asks for one
 QUIET = AuditSettings(checkpoint_records=1_000_000, checkpoint_interval=3600.0)
@@ -202,6 +203,83 @@ def test_32_threads_get_unique_contiguous_seqs_in_group_commits(
     report = verify_log(root)
     assert report.intact, report.summary()
     assert report.records == total
+
+
+class _InterruptedError(Exception):
+    pass
+
+
+def test_a_caller_that_stops_waiting_does_not_strand_the_threads_after_it(
+    tmp_path: Path, signer: Ed25519Signer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Threads blocked on one batch are woken in a relay, each waking the next one.
+
+    A caller whose wait ends in an exception (a signal handler raised in the main thread)
+    never wakes the next: the ones after it go on by themselves once the batch is done.
+    """
+    root = tmp_path / "audit"
+    log = open_log(root, signer)
+    previous = signal.getsignal(signal.SIGUSR1)
+    try:
+        log.append(event(0))
+        real_write = os.write
+        writing, go = threading.Event(), threading.Event()
+
+        def write(fd: int, data: Any) -> int:
+            if _segment_fd(fd) and not go.is_set():  # hold the writer in batch 1's write
+                writing.set()
+                go.wait(10)
+            return real_write(fd, data)
+
+        monkeypatch.setattr("enclave.audit.writer.os.write", write)
+        receipts: dict[int, AuditReceipt] = {}
+
+        def append(number: int) -> None:
+            receipts[number] = log.append(event(number))
+
+        def waiting() -> int:
+            return len(log._pending.waiters)
+
+        def interrupt() -> None:  # once the main thread blocks first in batch 2, and 3 more
+            try:
+                until(lambda: waiting() == 1)
+                for thread in followers:
+                    thread.start()
+                until(lambda: waiting() == 4)
+            finally:  # whatever happened, the main thread must not stay blocked
+                signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGUSR1)
+
+        def raise_interrupted(signum: int, frame: object) -> None:
+            raise _InterruptedError
+
+        signal.signal(signal.SIGUSR1, raise_interrupted)
+        held = threading.Thread(target=append, args=(1,))
+        held.start()
+        assert writing.wait(5)
+        followers = [threading.Thread(target=append, args=(n,)) for n in (3, 4, 5)]
+        interrupter = threading.Thread(target=interrupt)
+        interrupter.start()
+        with pytest.raises(_InterruptedError):
+            log.append(event(2))
+        go.set()
+        for thread in [held, interrupter, *followers]:
+            thread.join(5)
+            assert not thread.is_alive()
+        monkeypatch.undo()
+        assert sorted(receipts) == [1, 3, 4, 5]
+        assert [receipts[n].seq for n in (3, 4, 5)] == [4, 5, 6]
+        assert log.size == 6  # the record of the caller that gave up is durable all the same
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+        log.close()
+    assert [record["reason"] for record in stored(root)] == [f"event {n}" for n in range(6)]
+
+
+def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.001)
 
 
 def test_append_async_from_many_tasks(tmp_path: Path, signer: Ed25519Signer) -> None:
