@@ -6,9 +6,11 @@ import stat
 from pathlib import Path
 
 import pytest
+import typer
+from typer.core import TyperGroup
 
 from enclave import __version__
-from enclave.cli.main import main
+from enclave.cli.main import build_app, command_of, main
 from enclave.spec import EnclaveSpec, load_spec
 from support.workspace import Workspace
 
@@ -132,3 +134,17 @@ def test_json_logs(capsys: Output) -> None:
     entry = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
     assert entry["message"] == "hello" and entry["enclave_name"] == "demo"
     assert entry["level"] == "info" and entry["logger"] == "enclave.test"
+
+
+def test_only_the_command_asked_for_is_loaded() -> None:
+    assert command_of(["check", "demo"]) == "check"
+    assert command_of(["--state-dir", "/tmp/s", "--log-level", "info", "token", "list"]) == "token"
+    assert command_of(["--debug", "audit", "verify", "--json"]) == "audit"
+    for everything in ([], ["--help"], ["--version", "check"], ["nonsense"], ["--debug"]):
+        assert command_of(everything) is None
+    only = typer.main.get_command(build_app("check"))
+    assert isinstance(only, TyperGroup)
+    assert sorted(only.commands) == ["check"]
+    every = typer.main.get_command(build_app())
+    assert isinstance(every, TyperGroup)
+    assert {"check", "token", "audit", "up", "kill", "gateway"} <= set(every.commands)

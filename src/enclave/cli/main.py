@@ -7,6 +7,7 @@ line too (exit 70), with the traceback only under ``--debug``.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 import traceback
@@ -16,22 +17,8 @@ from typing import Annotated, NoReturn
 import typer
 
 from enclave._version import __version__
-from enclave.cli import check as check_cmd
-from enclave.cli import controller as controller_cmd
-from enclave.cli import enclaves as enclaves_cmd
-from enclave.cli import gateway as gateway_cmd
-from enclave.cli import init as init_cmd
-from enclave.cli import monitor as monitor_cmd
-from enclave.cli import schema as schema_cmd
-from enclave.cli import validate as validate_cmd
-from enclave.cli.audit import app as audit_app
 from enclave.cli.context import CONTEXT, default_state_dir
-from enclave.cli.images import app as images_app
-from enclave.cli.incident import app as incident_app
 from enclave.cli.logs import LogFormat, LogLevel, configure
-from enclave.cli.runtime import app as runtime_app
-from enclave.cli.token import app as token_app
-from enclave.cli.vault import app as vault_app
 from enclave.errors import EXIT_CODES, EXIT_INTERNAL, EnclaveError, InputError, SpecError
 
 log = logging.getLogger(__name__)
@@ -43,39 +30,76 @@ class _State:
     debug = False
 
 
-app = typer.Typer(
-    name="enclave",
-    help="Provision sandboxed, air-gapped model-serving enclaves and keep them honest.",
-    epilog=_EPILOG,
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,
+_COMMANDS: tuple[tuple[str, str, str, bool], ...] = (
+    # name, module under enclave.cli, attribute, whether it is a group of commands
+    ("init", "init", "init", False),
+    ("validate", "validate", "validate", False),
+    ("schema", "schema", "schema", False),
+    ("plan", "enclaves", "plan", False),
+    ("up", "enclaves", "up", False),
+    ("down", "enclaves", "down", False),
+    ("status", "enclaves", "status", False),
+    ("list", "enclaves", "list_enclaves", False),
+    ("check", "check", "check", False),
+    ("monitor", "monitor", "monitor", False),
+    ("audit", "audit", "app", True),
+    ("incident", "incident", "app", True),
+    ("vault", "vault", "app", True),
+    ("token", "token", "app", True),
+    ("runtime", "runtime", "app", True),
+    ("gateway", "gateway", "app", True),
+    ("controller", "controller", "app", True),
+    ("images", "images", "app", True),
+    ("approvals", "gateway", "approvals_app", True),
+    ("approve", "gateway", "approve", False),
+    ("deny", "gateway", "deny", False),
+    ("kill", "controller", "kill", False),
+    ("resume", "controller", "resume", False),
+    ("drill", "controller", "drill", False),
 )
-app.command("init")(init_cmd.init)
-app.command("validate")(validate_cmd.validate)
-app.command("schema")(schema_cmd.schema)
-app.command("plan")(enclaves_cmd.plan)
-app.command("up")(enclaves_cmd.up)
-app.command("down")(enclaves_cmd.down)
-app.command("status")(enclaves_cmd.status)
-app.command("list")(enclaves_cmd.list_enclaves)
-app.command("check")(check_cmd.check)
-app.command("monitor")(monitor_cmd.monitor)
-app.add_typer(audit_app, name="audit")
-app.add_typer(incident_app, name="incident")
-app.add_typer(vault_app, name="vault")
-app.add_typer(token_app, name="token")
-app.add_typer(runtime_app, name="runtime")
-app.add_typer(gateway_cmd.app, name="gateway")
-app.add_typer(controller_cmd.app, name="controller")
-app.add_typer(images_app, name="images")
-app.add_typer(gateway_cmd.approvals_app, name="approvals")
-app.command("approve")(gateway_cmd.approve)
-app.command("deny")(gateway_cmd.deny)
-app.command("kill")(controller_cmd.kill)
-app.command("resume")(controller_cmd.resume)
-app.command("drill")(controller_cmd.drill)
+"""Every command, in the order ``enclave --help`` lists them. A module is imported only when a
+command of it is registered: ``enclave check`` does not pay for importing the gateway's server,
+the controller or the image builder (most of a cold start)."""
+
+_NAMES = frozenset(name for name, *_ in _COMMANDS)
+_VALUED_OPTIONS = frozenset({"--log-format", "--log-level", "--state-dir"})
+
+
+def build_app(only: str | None = None) -> typer.Typer:
+    """The ``enclave`` app with every command, or only the command ``only``."""
+    app = typer.Typer(
+        name="enclave",
+        help="Provision sandboxed, air-gapped model-serving enclaves and keep them honest.",
+        epilog=_EPILOG,
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+        rich_markup_mode=None,
+    )
+    app.callback()(_global)
+    for name, module, attribute, group in _COMMANDS:
+        if only is not None and name != only:
+            continue
+        target = getattr(importlib.import_module(f"enclave.cli.{module}"), attribute)
+        if group:
+            app.add_typer(target, name=name)
+        else:
+            app.command(name)(target)
+    return app
+
+
+def command_of(args: list[str]) -> str | None:
+    """The command ``args`` run (past the global options), or None: every command is needed
+    (no command, ``--help``/``--version`` first, or an unknown one, to list them all)."""
+    rest = iter(args)
+    for arg in rest:
+        if arg in _VALUED_OPTIONS:
+            next(rest, None)
+        elif arg in ("--help", "--version"):
+            return None
+        elif not arg.startswith("-"):
+            return arg if arg in _NAMES else None
+    return None
 
 
 def _version(value: bool) -> None:
@@ -84,7 +108,6 @@ def _version(value: bool) -> None:
         raise typer.Exit(0)
 
 
-@app.callback()
 def _global(
     log_format: Annotated[
         LogFormat, typer.Option("--log-format", help="Log line format on stderr.")
@@ -119,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0911 - one exit per 
     args = sys.argv[1:] if argv is None else argv
     _State.debug = "--debug" in args
     try:
+        app = build_app(command_of(args))
         result = app(args=args, prog_name="enclave", standalone_mode=False)
     except typer.Exit as exc:
         return int(exc.exit_code)
@@ -151,3 +175,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0911 - one exit per 
 def run() -> NoReturn:
     """Console-script entry point."""
     sys.exit(main())
+
+
+if __name__ == "__main__":  # ``python -m enclave.cli.main``, where the console script is absent
+    run()
