@@ -56,20 +56,24 @@ class FailOn(StrEnum):
     NEVER = "never"
 
 
+SpecOption = Annotated[
+    Path | None,
+    typer.Option("--spec", help="The spec under review (default: the one the gateway runs)."),
+]
+BaselineOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--baseline",
+        help="Baseline directory or file (default: spec.compliance.baseline if it exists, "
+        "else the baseline shipped with enclave).",
+    ),
+]
+
+
 def check(
     name: Annotated[str, typer.Argument(help="The enclave's name (metadata.name).")],
-    spec: Annotated[
-        Path | None,
-        typer.Option("--spec", help="The spec under review (default: the one the gateway runs)."),
-    ] = None,
-    baseline: Annotated[
-        Path | None,
-        typer.Option(
-            "--baseline",
-            help="Baseline directory or file (default: spec.compliance.baseline if it exists, "
-            "else the baseline shipped with enclave).",
-        ),
-    ] = None,
+    spec: SpecOption = None,
+    baseline: BaselineOption = None,
     fmt: Annotated[
         Format,
         typer.Option(

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from enclave import lifecycle
+from enclave.cli.check import BaselineOption, SpecOption
 from enclave.cli.context import state_dir
 from enclave.compliance.monitor import (
     Monitor,
@@ -145,18 +146,8 @@ def monitor(
             "monitor runs.",
         ),
     ] = False,
-    spec: Annotated[
-        Path | None,
-        typer.Option("--spec", help="The spec under review (default: the one the gateway runs)."),
-    ] = None,
-    baseline: Annotated[
-        Path | None,
-        typer.Option(
-            "--baseline",
-            help="Baseline directory or file (default: spec.compliance.baseline if it exists, "
-            "else the baseline shipped with enclave).",
-        ),
-    ] = None,
+    spec: SpecOption = None,
+    baseline: BaselineOption = None,
     metrics_address: Annotated[
         str | None,
         typer.Option(
