@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Make sure a Docker engine answers. Idempotent: exits 0 at once when `docker info` works.
 # Otherwise, as root with dockerd installed, starts dockerd detached (log in .state/, its pid in
-# .state/dockerd.pid) and waits for it. The daemon runs with --live-restore (a CIS Docker
-# Benchmark item): containers keep running while it is stopped or restarted. It never installs
-# anything: `make setup` does that.
+# .state/dockerd.pid) and waits for it. The daemon runs with the CIS Docker Benchmark settings
+# that need no host changes: --live-restore (containers keep running while it is stopped or
+# restarted), --icc=false (no traffic between containers on the default bridge) and
+# --no-new-privileges (the default for every container). A daemon that is already running is
+# left as it is. It never installs anything: `make setup` does that.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -33,7 +35,8 @@ chmod 0600 "${log}"
 
 rm -f "${pid_file}"
 echo "ensure-docker: starting dockerd (log: ${log})" >&2
-setsid nohup "${dockerd_bin}" --live-restore >>"${log}" 2>&1 </dev/null &
+setsid nohup "${dockerd_bin}" --live-restore --icc=false --no-new-privileges \
+    >>"${log}" 2>&1 </dev/null &
 pid=$!
 
 for ((i = 0; i < wait_s * 2; i++)); do

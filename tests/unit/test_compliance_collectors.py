@@ -19,6 +19,7 @@ from enclave.compliance.collectors import (
     daemon_facts,
     drill_facts,
     host_facts,
+    local_daemon_settings,
     network_facts,
 )
 from enclave.compliance.scan import SecretScanner
@@ -222,6 +223,29 @@ def test_daemon_facts_both_ways() -> None:
     )
     results = judge(daemon=hardened)
     assert all(results[f"DKR-0{i}"].status is Status.PASS for i in range(1, 8))
+
+
+def test_a_local_engine_s_own_flags_and_config_count_where_docker_info_is_silent(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "var/run").mkdir(parents=True)
+    (tmp_path / "var/run/docker.pid").write_text("4242\n")
+    (tmp_path / "proc/4242").mkdir(parents=True)
+    cmdline = b"/usr/sbin/dockerd\0--live-restore\0--icc=false\0--no-new-privileges\0"
+    (tmp_path / "proc/4242/cmdline").write_bytes(cmdline)
+    local = local_daemon_settings(tmp_path)
+    assert local["flags"][-1] == "--no-new-privileges"
+    assert daemon_facts(DOCKER_INFO, local)["no_new_privileges"] is True
+    assert judge(daemon=daemon_facts(DOCKER_INFO, local))["DKR-03"].status is Status.PASS
+
+    (tmp_path / "proc/4242/cmdline").write_bytes(b"/usr/sbin/dockerd\0--live-restore\0")
+    assert daemon_facts(DOCKER_INFO, local_daemon_settings(tmp_path))["no_new_privileges"] is False
+    (tmp_path / "etc/docker").mkdir(parents=True)
+    (tmp_path / "etc/docker/daemon.json").write_text('{"no-new-privileges": true}')
+    assert daemon_facts(DOCKER_INFO, local_daemon_settings(tmp_path))["no_new_privileges"] is True
+    (tmp_path / "etc/docker/daemon.json").write_text("not json")
+    assert local_daemon_settings(tmp_path)["config"] == {}
+    assert local_daemon_settings(tmp_path / "nothing") == {"flags": [], "config": {}}
 
 
 def test_container_facts_normalise_an_inspect() -> None:

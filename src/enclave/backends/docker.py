@@ -289,9 +289,11 @@ class DockerBackend:
     def engine_info(self) -> dict[str, Any]:
         """``docker info``, with the default bridge network's inspect under ``DefaultBridge``
         (empty when the engine has none): its options say whether inter-container traffic is
-        allowed there (``icc``)."""
+        allowed there (``icc``); ``Local`` says whether the engine is reached through a unix
+        socket on this host (so that its own process and files can be read too)."""
         with _translated("read the Docker engine's settings"):
             info = dict(self.client.api.info())
+            info["Local"] = str(self.client.api.base_url).startswith("http+docker://")
             try:
                 info["DefaultBridge"] = self.client.api.inspect_network("bridge")
             except docker.errors.NotFound:

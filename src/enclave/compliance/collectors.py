@@ -319,8 +319,31 @@ def firewall_facts(name: str, bridges: list[str], runner: firewall.Runner) -> di
 # -- the Docker daemon --------------------------------------------------------------------------
 
 
-def daemon_facts(info: Mapping[str, Any]) -> dict[str, Any]:
-    """The engine's security-relevant settings from ``docker info`` (+ ``DefaultBridge``)."""
+def local_daemon_settings(root: Path = Path("/")) -> dict[str, Any]:
+    """The local dockerd's own command line (from its pid file) and ``daemon.json``: settings
+    that older engines' ``docker info`` leaves out (Docker 20.10 does not report a daemon-wide
+    ``no-new-privileges``). Empty where they cannot be read."""
+    flags: list[str] = []
+    with contextlib.suppress(OSError, ValueError):
+        pid = int((root / "var/run/docker.pid").read_text(encoding="ascii").strip())
+        raw = (root / f"proc/{pid}/cmdline").read_bytes()
+        flags = [f for f in raw.decode(errors="replace").split("\0") if f]
+    config: Any = {}
+    with contextlib.suppress(OSError, ValueError):
+        config = json.loads((root / "etc/docker/daemon.json").read_text(encoding="utf-8"))
+    return {"flags": flags, "config": config if isinstance(config, dict) else {}}
+
+
+def _daemon_flag(local: Mapping[str, Any], name: str) -> bool:
+    flags = local.get("flags") or ()
+    config = local.get("config") or {}
+    return f"--{name}" in flags or f"--{name}=true" in flags or config.get(name) is True
+
+
+def daemon_facts(info: Mapping[str, Any], local: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The engine's security-relevant settings from ``docker info`` (+ ``DefaultBridge``), and,
+    for an engine on this host, from its own command line and ``daemon.json`` (``local``)."""
+    local = local or {}
     options = [str(o) for o in info.get("SecurityOptions") or ()]
     names: dict[str, dict[str, str]] = {}
     for option in options:
@@ -335,7 +358,8 @@ def daemon_facts(info: Mapping[str, Any]) -> dict[str, Any]:
         "live_restore": bool(info.get("LiveRestoreEnabled")),
         "icc": str(bridge_options.get("com.docker.network.bridge.enable_icc", "true")) != "false",
         "has_default_bridge": bool(bridge),
-        "no_new_privileges": "no-new-privileges" in names,
+        "no_new_privileges": "no-new-privileges" in names
+        or _daemon_flag(local, "no-new-privileges"),
         "userns_remap": "userns" in names,
         "rootless": "rootless" in names,
         "seccomp": "seccomp" in names,

@@ -179,7 +179,9 @@ def collect(
     def daemon() -> dict[str, Any]:
         if backend is None:
             raise EnclaveError(backend_error or "the Docker engine is unavailable")
-        return {"daemon": collectors.daemon_facts(backend.engine_info())}
+        info = backend.engine_info()
+        local = collectors.local_daemon_settings(sources.root) if info.get("Local") else None
+        return {"daemon": collectors.daemon_facts(info, local)}
 
     def host() -> dict[str, Any]:
         return {
