@@ -33,10 +33,10 @@ from enclave.gateway.denial import Denial, DenialCode
 from enclave.vault.tokens import (
     TokenRecord,
     load_records,
-    parse_token,
+    parse_bearer,
     read_key,
     token_hash,
-    verify_token,
+    verify_parts,
 )
 
 if TYPE_CHECKING:
@@ -48,7 +48,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_BEARER = "bearer"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # Checked when the presented id is unknown, so that an unknown id costs what a known one does.
 _DUMMY = TokenRecord("000000000000", "-", (), _EPOCH, None, "0" * 64)
@@ -255,7 +254,7 @@ class TokenCache:
             )
         return None
 
-    def authenticate(self, header: str | None) -> Principal | Denial:  # noqa: PLR0911 - one per failure
+    def authenticate(self, header: str | None) -> Principal | Denial:
         """The principal behind an ``Authorization: Bearer <token>`` header, or a denial.
 
         ``401 invalid_api_key`` for a missing, malformed, unknown, revoked or expired token;
@@ -265,22 +264,16 @@ class TokenCache:
         stale = self.check_fresh()
         if stale is not None:
             return stale
-        if not header:
-            return _invalid("missing API key: send 'Authorization: Bearer <token>'")
-        scheme, _, presented = header.strip().partition(" ")
-        presented = presented.strip()
-        if scheme.lower() != _BEARER or not presented:
-            return _invalid("malformed Authorization header: expected 'Bearer <token>'")
         try:
-            token_id, secret = parse_token(presented)
-        except InputError:
-            return _invalid("malformed API key")
+            token_id, secret = parse_bearer(header)
+        except InputError as exc:
+            return _invalid(str(exc))
         entry = self._entries.get(token_id)
         if entry is None:
             digest = token_hash(self._key, secret, token_id=token_id, principal="-", expires=None)
             hmac.compare_digest(digest, _DUMMY.hash)
             return _invalid("invalid API key")
-        if not verify_token(entry.record, self._key, presented, now=self._wall_clock()):
+        if not verify_parts(entry.record, self._key, token_id, secret, now=self._wall_clock()):
             return _invalid("invalid or expired API key")
         if entry.principal is None:
             return _invalid("the API key's principal is not in this enclave's spec")

@@ -4,7 +4,7 @@ People call the controller's API with their own enclave API token (``Authorizati
 the same token they use at the gateway. The controller checks it itself, against Vault, with
 its own identity: :class:`ControllerVault` reads the token's record by id and the enclave's
 API-token HMAC key (the controller's policy allows exactly that, and no listing), and
-:func:`~enclave.vault.tokens.verify_token` compares them in constant time. The principal's
+:func:`~enclave.vault.tokens.verify_parts` compares them in constant time. The principal's
 effective roles are those the token was issued for *and* the spec grants it now, exactly as at
 the gateway, so editing the spec narrows every outstanding token; the actions are the union of
 those roles' ``actions``.
@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from enclave.errors import EnclaveError, InputError, NotFoundError, VaultError
 from enclave.vault.revoke import revoke_all
 from enclave.vault.revoke import seal as seal_vault
-from enclave.vault.tokens import parse_token, read_key, read_record, token_hash, verify_token
+from enclave.vault.tokens import parse_bearer, read_key, read_record, token_hash, verify_parts
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
@@ -39,7 +39,6 @@ log = logging.getLogger(__name__)
 
 __all__ = ["Authenticator", "Caller", "ControllerVault", "Refusal", "TokenSource"]
 
-_BEARER = "bearer"
 _DUMMY_HASH = "0" * 64
 
 
@@ -145,16 +144,10 @@ class Authenticator:
     def authenticate(self, header: str | None) -> Caller | Refusal:  # noqa: PLR0911 - one per failure
         """The caller behind ``Authorization: Bearer <token>``, or why not. Messages never
         repeat the token."""
-        if not header:
-            return _invalid("missing API key: send 'Authorization: Bearer <token>'")
-        scheme, _, presented = header.strip().partition(" ")
-        presented = presented.strip()
-        if scheme.lower() != _BEARER or not presented:
-            return _invalid("malformed Authorization header: expected 'Bearer <token>'")
         try:
-            token_id, secret = parse_token(presented)
-        except InputError:
-            return _invalid("malformed API key")
+            token_id, secret = parse_bearer(header)
+        except InputError as exc:
+            return _invalid(str(exc))
         try:
             key = self.source.token_key()
             try:
@@ -172,7 +165,7 @@ class Authenticator:
         except EnclaveError as exc:
             log.warning("cannot check an API token: %s", exc)
             return Refusal(503, "auth_unavailable", "cannot check API tokens now; refusing")
-        if not verify_token(record, key, presented, now=self._now()):
+        if not verify_parts(record, key, token_id, secret, now=self._now()):
             return _invalid("invalid or expired API key", token_id)
         held = self._principals.get(record.principal)
         if held is None:

@@ -173,6 +173,22 @@ def parse_token(text: str) -> tuple[str, str]:
     return match.group("id"), match.group("secret")
 
 
+def parse_bearer(header: str | None) -> tuple[str, str]:
+    """``(id, secret)`` of the token in an ``Authorization: Bearer <token>`` header;
+    :class:`InputError` (whose message never repeats the token) when it is missing or malformed.
+    The one parser the gateway and the shutdown controller share."""
+    if not header:
+        raise InputError("missing API key: send 'Authorization: Bearer <token>'")
+    scheme, _, presented = header.strip().partition(" ")
+    presented = presented.strip()
+    if scheme.lower() != "bearer" or not presented:
+        raise InputError("malformed Authorization header: expected 'Bearer <token>'")
+    try:
+        return parse_token(presented)
+    except InputError:
+        raise InputError("malformed API key") from None
+
+
 def token_hash(
     key: bytes, secret: str, *, token_id: str, principal: str, expires: datetime | None
 ) -> str:
@@ -205,6 +221,13 @@ def verify_token(
         token_id, secret = parse_token(presented)
     except InputError:
         return False
+    return verify_parts(record, key, token_id, secret, now=now)
+
+
+def verify_parts(
+    record: TokenRecord, key: bytes, token_id: str, secret: str, *, now: datetime | None = None
+) -> bool:
+    """:func:`verify_token` for a token already parsed (:func:`parse_bearer`)."""
     same_id = hmac.compare_digest(token_id.encode(), record.id.encode())
     expected = token_hash(
         key, secret, token_id=record.id, principal=record.principal, expires=record.expires
