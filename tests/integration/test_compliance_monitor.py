@@ -41,6 +41,7 @@ from enclave.vault.controlkey import read_control_key
 from enclave.vault.names import CONTROLLER, EnclavePaths
 from enclave.vault.provision import bootstrap
 from support.gateway_procs import (
+    ENCLAVE_SPEC,
     Enclave,
     Process,
     audit_dir,
@@ -55,21 +56,7 @@ from support.openbao import OpenBaoServer
 
 pytestmark = [pytest.mark.vault, pytest.mark.slow]
 
-SPEC = """\
-apiVersion: enclave.dev/v1alpha1
-kind: Enclave
-metadata: {{name: {name}}}
-spec:
-  classification: cui
-  models: [{{name: assistant}}]
-  vault: {{address: "{vault}"}}
-  rbac:
-    roles:
-      analyst: {{actions: [query], purposes: [translation]}}
-    principals: [{{name: alice, roles: [analyst]}}]
-  shutdown: {{heartbeat: {heartbeat}, lease: {lease}}}
-  compliance: {{onDrift: kill}}
-"""
+SPEC = ENCLAVE_SPEC + "  compliance: {{onDrift: kill}}\n"
 BASELINE = """\
 apiVersion: enclave.dev/v1alpha1
 kind: ComplianceBaseline
