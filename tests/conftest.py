@@ -21,6 +21,7 @@ asks for no fixture.
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -72,6 +73,16 @@ def _services_for_markers(request: pytest.FixtureRequest) -> None:
         request.getfixturevalue("docker_client")
     if request.node.get_closest_marker("vault") is not None:
         request.getfixturevalue("openbao")
+
+
+@pytest.fixture(autouse=True)
+def _collect_what_the_test_dropped(request: pytest.FixtureRequest) -> Iterator[None]:
+    """An integration or end-to-end test collects its garbage when it ends (after its own
+    fixtures), so a connection or file it left open fails that test (``ResourceWarning`` is an
+    error) instead of whichever later test a garbage collection happens to run in."""
+    yield
+    if "unit" not in request.node.path.parts:
+        gc.collect()
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import http.server
+import json
 import socket
+import threading
+import weakref
 from pathlib import Path
 
 import hvac.exceptions
@@ -142,3 +146,74 @@ def test_the_orchestrator_cannot_rewrite_its_own_policy() -> None:
 
 def test_the_vault_socket_is_shared_with_the_service_images_user() -> None:
     assert (SERVICE_UID, SERVICE_GID) == (service_image.USER_ID, service_image.GROUP_ID)
+
+
+class _KeepAliveVault(http.server.BaseHTTPRequestHandler):
+    """A loopback stand-in that keeps connections open: seal status as set, lookup-self 403."""
+
+    protocol_version = "HTTP/1.1"
+    sealed = False
+    closed: threading.Event
+
+    def do_GET(self) -> None:
+        if self.path.startswith("/v1/sys/seal-status"):
+            self._answer(200, {"sealed": self.sealed, "initialized": True})
+        else:
+            self._answer(403, {"errors": ["permission denied"]})
+
+    def _answer(self, status: int, body: dict[str, object]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def finish(self) -> None:  # the client closed its keep-alive connection
+        super().finish()
+        type(self).closed.set()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("sealed", "raised"), [(True, VaultSealedError), (False, VaultForbiddenError)]
+)
+def test_a_failed_connect_closes_its_connection(sealed: bool, raised: type[VaultError]) -> None:
+    """The client ``connect`` made is closed when its check fails, not left to the collector."""
+
+    class Handler(_KeepAliveVault):
+        pass
+
+    Handler.sealed, Handler.closed = sealed, threading.Event()
+    handler = Handler
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            with pytest.raises(raised) as failed:
+                connect(VaultConnection(f"http://127.0.0.1:{server.server_port}"), "s.token")
+            # ``failed`` keeps the frames (and so the client) alive: only a close ends it
+            assert handler.closed.wait(5.0), "the failed client's connection is still open"
+            assert failed.value is not None
+        finally:
+            server.shutdown()
+
+
+def test_a_translated_error_does_not_keep_the_foreign_frames_alive() -> None:
+    """The hvac error's frames held the HTTP response (its socket) until a garbage collection."""
+
+    class Response:
+        pass
+
+    def failing_call() -> None:
+        response = Response()
+        seen.append(weakref.ref(response))
+        raise hvac.exceptions.Forbidden(errors=["permission denied"])
+
+    seen: list[weakref.ref[Response]] = []
+    with pytest.raises(VaultForbiddenError) as failed, translate("read thing"):
+        failing_call()
+    assert failed.value.__context__ is not None  # the foreign error is still reachable...
+    assert seen[0]() is None  # ...but not what its frames held

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+import traceback
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -62,29 +63,41 @@ class VaultConnection:
 
 @contextlib.contextmanager
 def translate(doing: str) -> Iterator[None]:
-    """Turn hvac/requests errors raised inside the block into enclave's Vault errors."""
+    """Turn hvac/requests errors raised inside the block into enclave's Vault errors.
+
+    The foreign error stays reachable as the new one's ``__context__``, and its traceback's
+    finished frames hold the HTTP response (and so the socket) in their locals: those frames
+    are cleared, so the connection closes with its client instead of at a later, random
+    garbage collection.
+    """
     try:
         yield
-    except hvac.exceptions.Forbidden as exc:
-        raise VaultForbiddenError(f"vault: {doing}: permission denied{_detail(exc)}") from None
-    except hvac.exceptions.Unauthorized as exc:
-        raise VaultForbiddenError(f"vault: {doing}: not authenticated{_detail(exc)}") from None
-    except hvac.exceptions.InvalidPath as exc:
-        raise VaultNotFoundError(f"vault: {doing}: not found{_detail(exc)}") from None
-    except hvac.exceptions.VaultDown as exc:
-        raise VaultSealedError(f"vault: {doing}: Vault is sealed{_detail(exc)}") from None
-    except hvac.exceptions.VaultNotInitialized:
-        raise VaultSealedError(f"vault: {doing}: Vault is not initialised") from None
-    except hvac.exceptions.InvalidRequest as exc:
-        raise VaultError(f"vault: {doing}: invalid request{_detail(exc)}") from None
-    except hvac.exceptions.VaultError as exc:
-        raise VaultError(f"vault: {doing}: {type(exc).__name__}{_detail(exc)}") from None
-    except requests.exceptions.SSLError:
-        raise VaultUnavailableError(f"vault: {doing}: TLS verification failed") from None
-    except (requests.exceptions.ConnectionError, requests.exceptions.Timeout):
-        raise VaultUnavailableError(f"vault: {doing}: unreachable") from None
-    except requests.exceptions.RequestException as exc:
-        raise VaultUnavailableError(f"vault: {doing}: {type(exc).__name__}") from None
+    except (hvac.exceptions.VaultError, requests.exceptions.RequestException) as exc:
+        traceback.clear_frames(exc.__traceback__)
+        raise _translated(doing, exc) from None
+
+
+def _translated(doing: str, exc: Exception) -> VaultError:  # noqa: PLR0911 - one per kind
+    """Enclave's error for the hvac/requests error ``exc`` (the first matching kind wins)."""
+    if isinstance(exc, hvac.exceptions.Forbidden):
+        return VaultForbiddenError(f"vault: {doing}: permission denied{_detail(exc)}")
+    if isinstance(exc, hvac.exceptions.Unauthorized):
+        return VaultForbiddenError(f"vault: {doing}: not authenticated{_detail(exc)}")
+    if isinstance(exc, hvac.exceptions.InvalidPath):
+        return VaultNotFoundError(f"vault: {doing}: not found{_detail(exc)}")
+    if isinstance(exc, hvac.exceptions.VaultDown):
+        return VaultSealedError(f"vault: {doing}: Vault is sealed{_detail(exc)}")
+    if isinstance(exc, hvac.exceptions.VaultNotInitialized):
+        return VaultSealedError(f"vault: {doing}: Vault is not initialised")
+    if isinstance(exc, hvac.exceptions.InvalidRequest):
+        return VaultError(f"vault: {doing}: invalid request{_detail(exc)}")
+    if isinstance(exc, hvac.exceptions.VaultError):
+        return VaultError(f"vault: {doing}: {type(exc).__name__}{_detail(exc)}")
+    if isinstance(exc, requests.exceptions.SSLError):
+        return VaultUnavailableError(f"vault: {doing}: TLS verification failed")
+    if isinstance(exc, requests.exceptions.ConnectionError | requests.exceptions.Timeout):
+        return VaultUnavailableError(f"vault: {doing}: unreachable")
+    return VaultUnavailableError(f"vault: {doing}: {type(exc).__name__}")
 
 
 def _detail(exc: hvac.exceptions.VaultError) -> str:
@@ -108,11 +121,17 @@ def _client(connection: VaultConnection, token: str | None) -> hvac.Client:
 def connect(connection: VaultConnection, token: str) -> hvac.Client:
     """A client using ``token``; checks that Vault answers, is unsealed and the token is valid."""
     client = _client(connection, token)
-    with translate("connect"):
-        status = client.sys.read_seal_status()
-        if status.get("sealed"):
-            raise VaultSealedError(f"vault: {connection.address} is sealed")
-        client.auth.token.lookup_self()
+    try:
+        with translate("connect"):
+            sealed = bool(client.sys.read_seal_status().get("sealed"))
+            if not sealed:
+                client.auth.token.lookup_self()
+    except BaseException:
+        client.adapter.close()  # its pooled connection must not outlive the failure
+        raise
+    if sealed:
+        client.adapter.close()
+        raise VaultSealedError(f"vault: {connection.address} is sealed")
     return client
 
 
@@ -124,8 +143,12 @@ def anonymous(connection: VaultConnection) -> hvac.Client:
 def login_approle(connection: VaultConnection, role_id: str, secret_id: str, mount: str) -> Any:
     """Log in with AppRole; returns the hvac client holding the new token."""
     client = _client(connection, None)
-    with translate("approle login"):
-        client.auth.approle.login(role_id=role_id, secret_id=secret_id, mount_point=mount)
+    try:
+        with translate("approle login"):
+            client.auth.approle.login(role_id=role_id, secret_id=secret_id, mount_point=mount)
+    except BaseException:
+        client.adapter.close()
+        raise
     return client
 
 

@@ -130,7 +130,11 @@ class TokenRenewer:
         """
         if self._thread is not None:
             return self
-        ttl, renewable = self.lookup()
+        try:
+            ttl, renewable = self.lookup()
+        except BaseException:
+            self._close()
+            raise
         self._ttl = ttl
         if ttl <= 0 or not renewable:
             log.info("vault: the token has no TTL or is not renewable; nothing to renew")
