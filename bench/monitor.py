@@ -45,7 +45,8 @@ import httpx
 
 from bench.compliance import scaled_facts
 from enclave.compliance import Report, default_baseline, evaluate, load_baseline
-from enclave.compliance.monitor import Monitor, MonitorMetrics, MonitorSettings, serve_metrics
+from enclave.compliance.metrics import MonitorMetrics, serve_metrics
+from enclave.compliance.monitor import Monitor, MonitorSettings
 from enclave.compliance.runner import CheckSettings
 from enclave.spec.units import format_duration
 from support.workspace import make_workspace

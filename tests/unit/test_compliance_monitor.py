@@ -36,22 +36,23 @@ from enclave.compliance import (
     load_baseline,
 )
 from enclave.compliance.baseline import Baseline
-from enclave.compliance.monitor import (
+from enclave.compliance.drift import (
     Accepted,
-    ControllerDrift,
     Drifted,
-    Monitor,
-    MonitorJournal,
-    MonitorMetrics,
-    MonitorSettings,
     diff,
     drift_reason,
     drifts,
-    hold_monitor_lock,
     load_accepted,
-    monitor_dir,
     save_accepted,
-    serve_metrics,
+)
+from enclave.compliance.metrics import MonitorMetrics, serve_metrics
+from enclave.compliance.monitor import (
+    ControllerDrift,
+    Monitor,
+    MonitorJournal,
+    MonitorSettings,
+    hold_monitor_lock,
+    monitor_dir,
 )
 from enclave.compliance.runner import CheckSettings
 from enclave.errors import ConflictError, InputError, IntegrityError, ServiceError

@@ -20,15 +20,14 @@ import typer
 from enclave import lifecycle
 from enclave.cli.check import BaselineOption, SpecOption
 from enclave.cli.context import state_dir
+from enclave.compliance.drift import load_accepted
+from enclave.compliance.metrics import MonitorMetrics, serve_metrics
 from enclave.compliance.monitor import (
     Monitor,
-    MonitorMetrics,
     MonitorSettings,
     RunOutcome,
     hold_monitor_lock,
-    load_accepted,
     monitor_dir,
-    serve_metrics,
 )
 from enclave.compliance.runner import CheckSettings, bundled_spec
 from enclave.errors import (

@@ -15,28 +15,9 @@ The log is the monitor's own because the gateway's and the controller's logs eac
 writer (their process). It is opened for each record and closed after it, so ``enclave monitor
 NAME --accept`` can record an acceptance while a scheduled monitor runs.
 
-**The accepted result.** The first run's result becomes the accepted one (a
-``compliance.accept`` record says so, with its counts: failures it held are accepted too, and
-the run says how many). ``enclave monitor NAME --accept`` runs the baseline once and makes
-*that* result the accepted one: after a deliberate change, a remediation, or a waiver. Every
-later run is compared with it; a scheduled monitor reads it afresh for each run.
-
-**Drift.** One result is one check on one target (``CTR-01`` on ``container
-enclave-demo-gateway``); it has drifted when:
-
-======================================  ==========  =============================================
-accepted                                now         meaning
-======================================  ==========  =============================================
-pass, not-applicable, waived or absent  fail        newly failing (``waived``: the waiver lapsed;
-                                                    absent: a new target, or a new check)
-pass, not-applicable, waived or absent  error       can no longer be judged: never a pass
-error                                   fail        now known to fail
-======================================  ==========  =============================================
-
-A result accepted as ``fail`` that now errors is not drift (it was accepted failing); results
-that now pass after failing are counted as ``resolved``, results that are gone as ``gone``.
-Neither is drift. Drift is reported *on every run that finds it*, until it is fixed or accepted:
-an enclave resumed after a drift kill with the drift still there is killed again.
+**The accepted result and drift** are :mod:`.drift`'s: the first run's result is accepted (or
+``enclave monitor NAME --accept`` makes a run's result the accepted one), and every later run's
+results are compared with it.
 
 **Each run** writes one ``compliance.run`` record (actor ``compliance-monitor``): decision
 ``info`` (no drift), ``deny`` (drift) or ``error`` (the run itself failed: a bad spec or
@@ -53,42 +34,35 @@ the metrics. A controller that does not answer or refuses is itself reported: a 
 run's record, the ``enclave_monitor_controller_errors_total`` metric, and exit 5 for a single
 run.
 
-**Metrics** (:class:`MonitorMetrics`, every series labelled ``enclave``):
-
-============================================  =======  ==========================================
-metric                                        type     meaning
-============================================  =======  ==========================================
-``enclave_monitor_runs_total``                counter  runs, by ``outcome``: ok, drift, error
-``enclave_monitor_run_duration_seconds``      gauge    the last run's duration
-``enclave_monitor_last_run_timestamp_seconds`` gauge   when the last run ended (Unix time)
-``enclave_monitor_results``                   gauge    the last run's results by ``status``
-``enclave_monitor_drifted_results``           gauge    results drifted in the last run
-``enclave_monitor_controller_errors_total``   counter  drift reports the controller did not take
-============================================  =======  ==========================================
+**Metrics** are :mod:`.metrics`'s.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
-import json
 import logging
 import os
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
-from prometheus_client.exposition import start_http_server
-
 from enclave import lifecycle
-from enclave.audit.layout import write_file
 from enclave.audit.record import ActorKind, AuditEvent, Decision
 from enclave.audit.signing import Ed25519Signer
 from enclave.audit.writer import AuditLog
-from enclave.compliance.model import Severity, Status
+from enclave.compliance.drift import (
+    ACCEPT,
+    FIRST_RUN,
+    Accepted,
+    Diff,
+    Drifted,
+    diff,
+    drift_reason,
+    load_accepted,
+    now_utc,
+    save_accepted,
+)
 from enclave.compliance.runner import check_enclave
 from enclave.errors import (
     ConflictError,
@@ -103,6 +77,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping
     from pathlib import Path
 
+    from enclave.compliance.metrics import MonitorMetrics
     from enclave.compliance.model import Report
     from enclave.compliance.runner import CheckSettings
 
@@ -110,245 +85,25 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "ACTOR",
-    "Accepted",
     "ControllerDrift",
-    "Diff",
     "DriftReporter",
-    "Drifted",
-    "MetricsServer",
     "Monitor",
     "MonitorJournal",
-    "MonitorMetrics",
     "MonitorSettings",
     "RunOutcome",
-    "diff",
     "hold_monitor_lock",
-    "load_accepted",
     "monitor_dir",
-    "save_accepted",
-    "serve_metrics",
 ]
 
 ACTOR = "compliance-monitor"
 """The monitor's name in its audit records."""
-ACCEPTED_FORMAT = "enclave-compliance-accepted/v1"
 MAX_DRIFT_DETAILS = 100
 """Drifted results listed in one record (all of them are counted)."""
-MAX_REASON = 1500
-"""Characters of the drift report sent to the controller."""
-FIRST_RUN = "first-run"
-ACCEPT = "accept"
-_WORSE = frozenset({Status.FAIL, Status.ERROR})
-
-Key = tuple[str, str]
-"""(check id, target)"""
 
 
 def monitor_dir(state_dir: Path, name: str) -> Path:
     """Where one enclave's monitor keeps its accepted result and audit log."""
     return lifecycle.enclave_dir(state_dir, name) / "compliance"
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-# -- the accepted result ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Accepted:
-    """A result accepted as the one later runs are compared with."""
-
-    enclave: str
-    accepted_at: str
-    how: str
-    """``first-run`` or ``accept``."""
-    report_started: str
-    baseline_sha256: str
-    statuses: dict[Key, Status]
-    sha256: str = ""
-    """Of ``accepted.json`` as stored (set by :func:`save_accepted` and :func:`load_accepted`)."""
-
-    @classmethod
-    def of(cls, report: Report, how: str, *, at: str | None = None) -> Accepted:
-        return cls(
-            enclave=report.enclave,
-            accepted_at=at or _now(),
-            how=how,
-            report_started=report.started,
-            baseline_sha256=report.baseline_sha256,
-            statuses={(r.check.id, r.target): r.status for r in report.results},
-        )
-
-    def counts(self) -> dict[str, int]:
-        found = {status.value: 0 for status in Status}
-        for status in self.statuses.values():
-            found[status.value] += 1
-        return found
-
-    def encode(self) -> bytes:
-        head = {
-            "format": ACCEPTED_FORMAT,
-            "enclave": self.enclave,
-            "accepted_at": self.accepted_at,
-            "how": self.how,
-            "report_started": self.report_started,
-            "baseline_sha256": self.baseline_sha256,
-        }
-        results = ",\n  ".join(
-            json.dumps([c, t, s.value]) for (c, t), s in sorted(self.statuses.items())
-        )  # one result per line: a diff of two accepted files reads like the drift
-        text = json.dumps(head, indent=1).removesuffix("\n}")
-        return f'{text},\n "results": [\n  {results}\n ]\n}}\n'.encode()
-
-    @classmethod
-    def decode(cls, raw: bytes, source: Path) -> Accepted:
-        def damaged(why: str) -> IntegrityError:
-            return IntegrityError(
-                f"{source}: the accepted compliance result is damaged ({why}); "
-                "accept a new one with 'enclave monitor NAME --accept'"
-            )
-
-        try:
-            data = json.loads(raw)
-        except ValueError as exc:
-            raise damaged(f"not JSON: {exc}") from None
-        if not isinstance(data, dict) or data.get("format") != ACCEPTED_FORMAT:
-            raise damaged(f"format is not {ACCEPTED_FORMAT}")
-        try:
-            statuses = {(str(c), str(t)): Status(s) for c, t, s in data["results"]}
-            return cls(
-                enclave=str(data["enclave"]),
-                accepted_at=str(data["accepted_at"]),
-                how=str(data["how"]),
-                report_started=str(data["report_started"]),
-                baseline_sha256=str(data["baseline_sha256"]),
-                statuses=statuses,
-                sha256=hashlib.sha256(raw).hexdigest(),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise damaged(f"{type(exc).__name__}: {exc}") from None
-
-
-def load_accepted(path: Path) -> Accepted | None:
-    """The accepted result at ``path``; None when there is none yet."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise ServiceError(f"cannot read {path}: {exc.strerror or exc}") from None
-    return Accepted.decode(raw, path)
-
-
-def save_accepted(path: Path, accepted: Accepted) -> Accepted:
-    """Store ``accepted`` at ``path`` (atomically, 0600); it, with its ``sha256``."""
-    raw = accepted.encode()
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path.parent.chmod(0o700)
-    try:
-        write_file(path, raw, mode=0o600)
-    except OSError as exc:
-        raise ServiceError(f"cannot write {path}: {exc.strerror or exc}") from None
-    return Accepted(
-        accepted.enclave,
-        accepted.accepted_at,
-        accepted.how,
-        accepted.report_started,
-        accepted.baseline_sha256,
-        accepted.statuses,
-        hashlib.sha256(raw).hexdigest(),
-    )
-
-
-# -- drift --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Drifted:
-    """One result that drifted from the accepted one."""
-
-    check: str
-    target: str
-    severity: Severity
-    was: Status | None
-    """Its status in the accepted result; None when it was not there."""
-    now: Status
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "check": self.check,
-            "target": self.target,
-            "severity": self.severity.value,
-            "was": None if self.was is None else self.was.value,
-            "now": self.now.value,
-        }
-
-    def __str__(self) -> str:
-        was = "new" if self.was is None else self.was.value
-        return f"{self.check} ({self.target}: {was} -> {self.now.value})"
-
-
-@dataclass(frozen=True, slots=True)
-class Diff:
-    """A run's results against the accepted ones."""
-
-    drifted: tuple[Drifted, ...] = ()
-    """Worst first: by severity, then check id and target."""
-    resolved: int = 0
-    """Accepted as fail or error, pass now."""
-    gone: int = 0
-    """In the accepted result, not in this run."""
-    baseline_changed: bool = False
-
-
-def drifts(was: Status | None, now: Status) -> bool:
-    """Whether a result that was ``was`` (None: absent) and is ``now`` has drifted."""
-    if now is Status.FAIL:
-        return was is not Status.FAIL
-    if now is Status.ERROR:
-        return was not in _WORSE
-    return False
-
-
-def diff(accepted: Accepted, report: Report) -> Diff:
-    """Compare ``report`` with the accepted result (the table in the module docstring)."""
-    drifted: list[Drifted] = []
-    resolved = 0
-    seen: set[Key] = set()
-    for result in report.results:
-        key = (result.check.id, result.target)
-        seen.add(key)
-        was = accepted.statuses.get(key)
-        if drifts(was, result.status):
-            drifted.append(
-                Drifted(result.check.id, result.target, result.check.severity, was, result.status)
-            )
-        elif was in _WORSE and result.status is Status.PASS:
-            resolved += 1
-    drifted.sort(key=lambda d: (-d.severity.rank, d.check, d.target))
-    return Diff(
-        tuple(drifted),
-        resolved,
-        len(accepted.statuses.keys() - seen),
-        accepted.baseline_sha256 != report.baseline_sha256,
-    )
-
-
-def drift_reason(enclave: str, drifted: tuple[Drifted, ...], limit: int = MAX_REASON) -> str:
-    """The one line the controller records (and puts in the kill's trigger), worst first."""
-    head = f"compliance drift in enclave {enclave}: {len(drifted)} result(s): "
-    parts: list[str] = []
-    used = len(head)
-    for n, item in enumerate(drifted):
-        text = str(item)
-        more = f" (and {len(drifted) - n} more)"
-        if used + len(text) + 2 + len(more) > limit:
-            return head + "; ".join(parts) + more
-        parts.append(text)
-        used += len(text) + 2
-    return head + "; ".join(parts)
 
 
 # -- one run -----------------------------------------------------------------------------------
@@ -568,104 +323,6 @@ class MonitorJournal:
             return audit.append(event).seq
 
 
-class MonitorMetrics:
-    """Every metric the monitor exports, in a registry of its own."""
-
-    def __init__(self, enclave: str, registry: CollectorRegistry | None = None) -> None:
-        self.enclave = enclave
-        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
-        labels = ("enclave",)
-        self.runs = Counter(
-            "enclave_monitor_runs",
-            "Compliance runs, by outcome (ok, drift, error).",
-            (*labels, "outcome"),
-            registry=self.registry,
-        )
-        self.duration = Gauge(
-            "enclave_monitor_run_duration_seconds",
-            "Duration of the last compliance run.",
-            labels,
-            registry=self.registry,
-        )
-        self.last_run = Gauge(
-            "enclave_monitor_last_run_timestamp_seconds",
-            "When the last compliance run ended (Unix time).",
-            labels,
-            registry=self.registry,
-        )
-        self.results = Gauge(
-            "enclave_monitor_results",
-            "Results of the last run (one per check and target), by status.",
-            (*labels, "status"),
-            registry=self.registry,
-        )
-        self.drifted = Gauge(
-            "enclave_monitor_drifted_results",
-            "Results of the last run that drifted from the accepted result.",
-            labels,
-            registry=self.registry,
-        )
-        self.controller_errors = Counter(
-            "enclave_monitor_controller_errors",
-            "Drift reports the shutdown controller did not take (unreachable or refused).",
-            labels,
-            registry=self.registry,
-        )
-        for outcome in ("ok", "drift", "error"):
-            self.runs.labels(enclave, outcome)
-        self.controller_errors.labels(enclave)
-
-    def observe(self, outcome: RunOutcome, *, ended: float | None = None) -> None:
-        name = self.enclave
-        self.runs.labels(name, outcome.outcome).inc()
-        self.duration.labels(name).set(outcome.seconds)
-        self.last_run.labels(name).set(time.time() if ended is None else ended)
-        if not outcome.error:
-            for status in Status:
-                self.results.labels(name, status.value).set(outcome.counts.get(status.value, 0))
-            self.drifted.labels(name).set(0 if outcome.accepted_now else len(outcome.drifted))
-        if outcome.controller_error:
-            self.controller_errors.labels(name).inc()
-
-    def render(self) -> bytes:
-        """The Prometheus text format."""
-        return generate_latest(self.registry)
-
-
-@dataclass(slots=True)
-class MetricsServer:
-    """The metrics' HTTP endpoint (``/metrics``), served from a thread until closed."""
-
-    host: str
-    port: int
-    _close: Callable[[], None]
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}/metrics"
-
-    def close(self) -> None:
-        self._close()
-
-
-def serve_metrics(metrics: MonitorMetrics, host: str, port: int) -> MetricsServer:
-    """Serve ``metrics`` on ``host:port`` (port 0: any free one)."""
-    try:
-        server, thread = start_http_server(port, addr=host, registry=metrics.registry)
-    except OSError as exc:
-        raise ServiceError(
-            f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}"
-        ) from None
-
-    def close() -> None:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
-
-    return MetricsServer(host, int(server.server_port), close)
-
-
 # -- the monitor ---------------------------------------------------------------------------------
 
 
@@ -711,7 +368,7 @@ class Monitor:
         """One run: check, compare, report drift, record, count. ``accept``: make this run's
         result the accepted one instead of comparing (no drift is reported then)."""
         begin = time.perf_counter()
-        started = _now()
+        started = now_utc()
         try:
             report = (self._check or check_enclave)(self.settings.check)
             previous = self._previous(accept)
