@@ -57,7 +57,7 @@ spec:
       - {name: grace, roles: [analyst, coder]}
   usage:
     requireApproval: [threat-triage]
-  shutdown: {heartbeat: 1s, lease: 3s, resumeApprovals: 1}
+  shutdown: {heartbeat: 1s, lease: 2s, resumeApprovals: 1}
 """
 
 

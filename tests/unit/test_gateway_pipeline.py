@@ -371,7 +371,7 @@ def test_from_spec_wires_everything_from_the_spec(workspace: Workspace, tokens: 
     pipeline.state.heartbeat()
     assert pipeline.max_request_body == 64 * 1024
     assert pipeline.decide(Endpoint.CHAT, headers(tokens, "alice"), chat(BENIGN)).allowed
-    assert pipeline.state.max_lease == 3.0
+    assert pipeline.state.max_lease == 2.0
 
 
 def test_a_2kb_request_is_decided(pipeline: Pipeline, tokens: Tokens) -> None:
