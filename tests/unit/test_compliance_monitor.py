@@ -62,6 +62,7 @@ from enclave.shutdown.heartbeat import HeartbeatSettings
 from enclave.shutdown.journal import Journal
 from enclave.shutdown.state import Mode, StateMachine, TriggerKind
 from support.compliance import compliant_facts, instance
+from support.kill_effects import KillEffects
 
 SENTINEL = "s3cr3t-evidence-value-never-recorded"
 BEAT = HeartbeatSettings(interval=0.05, lease=0.5, timeout=0.2)
@@ -567,38 +568,12 @@ def test_cli_once_refuses_while_a_scheduled_monitor_runs(
 # -- the controller's POST /drift -------------------------------------------------------------
 
 
-class Effects:
-    """The kill's steps, recorded."""
-
-    def __init__(self) -> None:
-        self.calls: list[str] = []
-
-    async def _do(self, name: str) -> str:
-        self.calls.append(name)
-        return f"{name} done"
-
-    async def deny(self, reason: str) -> str:
-        return await self._do("deny")
-
-    async def stop_models(self) -> str:
-        return await self._do("stop_models")
-
-    async def detach_networks(self) -> str:
-        return await self._do("detach")
-
-    async def revoke(self) -> str:
-        return await self._do("revoke")
-
-    async def seal(self) -> str:
-        return await self._do("seal")
-
-
 def drift_api(
     tmp_path: Path, *, kills: bool, body: Callable[[httpx.AsyncClient, Controller], Any]
 ) -> list[AuditRecord]:
     home = tmp_path / "controller"
     signer = Ed25519Signer.from_file(home / "audit.key", create=True)
-    effects = Effects()
+    effects = KillEffects()
 
     async def scenario() -> None:
         with AuditLog.open(home / "audit", enclave="demo", signer=signer) as log:

@@ -44,6 +44,7 @@ from enclave.shutdown.state import Mode, StateMachine, Trigger, TriggerKind
 from enclave.shutdown.triggers import AuditTail, ViolationWindow, is_violation
 from enclave.spec.model import Role
 from enclave.vault.tokens import TokenRecord, new_token, token_hash
+from support.kill_effects import KillEffects
 
 KEY = secrets.token_bytes(32)
 TOKEN_KEY = secrets.token_bytes(32)
@@ -89,38 +90,6 @@ class Gateway:
 
     def kinds(self) -> list[ControlKind]:
         return [c.kind for c in self.accepted]
-
-
-@dataclass
-class Effects:
-    """The kill's engine and Vault steps, recorded; ``failures[name]`` tries fail first."""
-
-    calls: list[str] = field(default_factory=list)
-    failures: dict[str, int] = field(default_factory=dict)
-    inner: Any = None
-
-    async def _do(self, name: str) -> str:
-        self.calls.append(name)
-        if self.failures.get(name, 0) > 0:
-            self.failures[name] -= 1
-            raise DockerError(f"{name}: the engine said no")
-        return f"{name} done"
-
-    async def deny(self, reason: str) -> str:
-        self.calls.append("deny")
-        return str(await self.inner.deny(reason))
-
-    async def stop_models(self) -> str:
-        return await self._do("stop_models")
-
-    async def detach_networks(self) -> str:
-        return await self._do("detach")
-
-    async def revoke(self) -> str:
-        return await self._do("revoke")
-
-    async def seal(self) -> str:
-        return await self._do("seal")
 
 
 class Workload:
@@ -195,7 +164,7 @@ class Rig:
 
     tmp: Path
     gateway: Gateway = field(default_factory=Gateway)
-    effects: Effects = field(default_factory=Effects)
+    effects: KillEffects = field(default_factory=KillEffects)
     tokens: Tokens = field(default_factory=Tokens)
     clock: Clock = field(default_factory=Clock)
     workload: Workload | None = None
@@ -308,7 +277,7 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
 
 
 def test_the_kill_runs_every_step_in_order_retries_and_goes_on_after_a_failure() -> None:
-    effects = Effects(failures={"stop_models": 2, "detach": 5})
+    effects = KillEffects(failures={"stop_models": 2, "detach": 5})
     effects.inner = _Confirm()
     seen: list[StepResult] = []
     settings = KillSettings(seal=False, attempts=3, backoff=0.001)
@@ -323,7 +292,7 @@ def test_the_kill_runs_every_step_in_order_retries_and_goes_on_after_a_failure()
     assert offsets == sorted(offsets) and all(r.seconds >= 0 for r in results)
     assert "(done at trigger+" in results[1].text and "3 tries" in results[1].text
 
-    sealing = Effects()
+    sealing = KillEffects()
     sealing.inner = _Confirm()
     steps = asyncio.run(run_kill(sealing, "x", KillSettings(seal=True)))
     assert [r.step for r in steps][-1] is Step.SEAL and sealing.calls[-1] == "seal"
@@ -561,7 +530,7 @@ def test_a_kill_step_that_failed_is_done_later_while_the_enclave_stays_killed(
     """The engine is down during the kill (3 tries fail) and for one more try; the next one,
     while killed, stops the models and the incident becomes mitigated."""
     settings = ControllerSettings(heartbeat=BEAT, health_timeout=2.0, retry_every=0.05)
-    rig = Rig(tmp_path, effects=Effects(failures={"stop_models": 4}), settings=settings)
+    rig = Rig(tmp_path, effects=KillEffects(failures={"stop_models": 4}), settings=settings)
     killed: Json = {}
 
     async def body(api: httpx.AsyncClient) -> None:
@@ -584,7 +553,7 @@ def test_undone_kill_steps_are_dropped_by_a_resume_and_never_run_while_serving(
     tmp_path: Path,
 ) -> None:
     settings = ControllerSettings(heartbeat=BEAT, health_timeout=2.0, retry_every=0.02)
-    rig = Rig(tmp_path, effects=Effects(failures={"detach": 1000}), settings=settings)
+    rig = Rig(tmp_path, effects=KillEffects(failures={"detach": 1000}), settings=settings)
 
     async def body(api: httpx.AsyncClient) -> None:
         await api.post("/kill", json={"reason": "x"}, headers=bearer(rig.tok["bob"]))
@@ -712,7 +681,7 @@ def test_a_restarted_controller_stays_killed_and_tells_the_gateways_again(tmp_pa
     # a new controller process, and a gateway that restarted too (it forgot the kill)
     rig.gateway = Gateway()
     rig.gateway.state.heartbeat(5.0)
-    rig.effects = Effects()
+    rig.effects = KillEffects()
     rig.build()
 
     async def after(api: httpx.AsyncClient) -> None:
