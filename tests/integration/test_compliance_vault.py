@@ -21,9 +21,8 @@ from enclave.compliance import (
 )
 from enclave.spec import LoadedSpec, load_spec
 from enclave.vault.client import VaultConnection, connect
-from enclave.vault.policies import ADMIN_POLICY, admin_rules, render
 from enclave.vault.provision import provision, teardown
-from support.openbao import OpenBaoServer
+from support.openbao import OpenBaoServer, orchestrator_token
 from support.workspace import Workspace
 
 pytestmark = pytest.mark.vault
@@ -34,15 +33,8 @@ BASELINE = load_baseline(default_baseline())
 @pytest.fixture
 def admin_token(openbao_client: Any) -> Iterator[str]:
     """A token holding only the orchestrator policy (what the embedded default hands out)."""
-    existed = ADMIN_POLICY in openbao_client.sys.list_acl_policies()["data"]["keys"]
-    openbao_client.sys.create_or_update_acl_policy(ADMIN_POLICY, render(admin_rules()))
-    token = openbao_client.auth.token.create(policies=[ADMIN_POLICY], ttl="30m")["auth"]
-    try:
-        yield str(token["client_token"])
-    finally:
-        openbao_client.auth.token.revoke_accessor(token["accessor"])
-        if not existed:
-            openbao_client.sys.delete_acl_policy(ADMIN_POLICY)
+    with orchestrator_token(openbao_client) as token:
+        yield token
 
 
 @pytest.fixture

@@ -54,7 +54,7 @@ from enclave.vault.names import (
     model_component,
 )
 from enclave.vault.pending import PendingRollbacks, Undo
-from enclave.vault.policies import ADMIN_POLICY, Rule, admin_rules, component_rules, render
+from enclave.vault.policies import Rule, admin_rules, component_rules, render
 from enclave.vault.provision import (
     API_TOKEN_KEY_FIELD,
     MAX_WRAP_TTL,
@@ -78,6 +78,7 @@ from support.openbao import (
     health_status,
     hvac_client,
     log_tail,
+    orchestrator_token,
     render_config,
 )
 from support.openbao import _stop as stop_server
@@ -198,15 +199,8 @@ def connection(openbao: OpenBaoServer) -> VaultConnection:
 @pytest.fixture
 def admin_token(openbao_client: Any) -> Iterator[str]:
     """A token holding only the orchestrator policy (what the embedded default hands out)."""
-    existed = ADMIN_POLICY in openbao_client.sys.list_acl_policies()["data"]["keys"]
-    openbao_client.sys.create_or_update_acl_policy(ADMIN_POLICY, render(admin_rules()))
-    token = openbao_client.auth.token.create(policies=[ADMIN_POLICY], ttl="30m")["auth"]
-    try:
-        yield str(token["client_token"])
-    finally:
-        openbao_client.auth.token.revoke_accessor(token["accessor"])
-        if not existed:
-            openbao_client.sys.delete_acl_policy(ADMIN_POLICY)
+    with orchestrator_token(openbao_client) as token:
+        yield token
 
 
 @pytest.fixture

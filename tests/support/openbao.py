@@ -27,6 +27,8 @@ import hvac
 import hvac.exceptions
 import requests.exceptions
 
+from enclave.vault.policies import ADMIN_POLICY, admin_rules, render
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
@@ -135,6 +137,22 @@ def hvac_client(address: str, token: str | None = None) -> Iterator[Any]:
         yield client
     finally:
         client.adapter.close()
+
+
+@contextmanager
+def orchestrator_token(root: Any) -> Iterator[str]:
+    """A token holding only the orchestrator (admin) policy, what the embedded default hands
+    out; made with the root client ``root``, revoked (and the policy removed if it was not
+    there before) on exit."""
+    existed = ADMIN_POLICY in root.sys.list_acl_policies()["data"]["keys"]
+    root.sys.create_or_update_acl_policy(ADMIN_POLICY, render(admin_rules()))
+    token = root.auth.token.create(policies=[ADMIN_POLICY], ttl="30m")["auth"]
+    try:
+        yield str(token["client_token"])
+    finally:
+        root.auth.token.revoke_accessor(token["accessor"])
+        if not existed:
+            root.sys.delete_acl_policy(ADMIN_POLICY)
 
 
 def health_status(address: str) -> int:
