@@ -75,4 +75,6 @@ def test_an_unreachable_vault_is_exit_5(
         capsys, "vault", "provision", spec, "--vault-token-file", str(token_file), state=tmp_path
     )
     assert code == 5
-    assert err.strip() == "enclave: error: vault: connect: unreachable"
+    assert err.strip() == (
+        "enclave: error: vault: connect: unreachable (Vault at http://127.0.0.1:9)"
+    )

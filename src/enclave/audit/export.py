@@ -83,7 +83,10 @@ def export_bundle(log_path: Path, out: Path) -> BundleInfo:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConflictError(f"{out}: already exists and is not an empty directory")
     created = not out.exists()
-    out.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        out.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:  # a missing or unwritable parent, a file or a dangling link in the way
+        raise InputError(f"{out}: cannot create the bundle directory: {exc.strerror}") from None
     try:
         return _export(layout, meta, out)
     except BaseException:

@@ -7,6 +7,7 @@ an :class:`~enclave.errors.IntegrityError` naming it, rather than being skipped 
 from __future__ import annotations
 
 import json
+import sys
 from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -53,7 +54,8 @@ def _seq_at_least(line: bytes, start: int) -> bool:
 
 def tail(path: Path, count: int) -> list[AuditRecord]:
     """The last ``count`` records."""
-    return list(deque(iter_records(path), maxlen=max(count, 0)))
+    # a count beyond what a deque can hold means every record
+    return list(deque(iter_records(path), maxlen=min(max(count, 0), sys.maxsize)))
 
 
 def parse_when(text: str, *, now: datetime | None = None) -> datetime:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -26,13 +27,30 @@ LogArg = Annotated[Path, typer.Argument(help="The audit log directory (or an evi
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 
+MAX_KEY_FILE = 64 * 1024
+"""A PEM public key is a few hundred bytes; a file larger than this is not one."""
+
+
 def _read_key(path: Path | None) -> bytes | None:
     if path is None:
         return None
     try:
-        return path.read_bytes()
+        with path.open("rb") as handle:  # bounded: a device or a pipe may never end
+            data = handle.read(MAX_KEY_FILE + 1)
     except OSError as exc:
-        raise InputError(f"--key {path}: {exc.strerror}") from None
+        raise InputError(f"--key {path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_KEY_FILE:
+        raise InputError(f"--key {path}: larger than {MAX_KEY_FILE} bytes; not a PEM public key")
+    return data
+
+
+def _when(text: str | None, option: str) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        return parse_when(text)
+    except InputError as exc:
+        raise InputError(f"{option}: {exc}") from None
 
 
 @app.command("verify")
@@ -113,15 +131,21 @@ def search_command(
     as_json: JsonOpt = False,
 ) -> None:
     """Print records matching every filter given, oldest first."""
-    first_seq, last_seq = parse_seq_range(seq) if seq else (1, None)
+    try:
+        first_seq, last_seq = parse_seq_range(seq) if seq is not None else (1, None)
+    except InputError as exc:
+        raise InputError(f"--seq: {exc}") from None
+    start, end = _when(since, "--since"), _when(until, "--until")
+    if start is not None and end is not None and start > end:
+        raise InputError(f"--since {since} is later than --until {until}: nothing can match")
     filters = Filters(
         first_seq=first_seq,
         last_seq=last_seq,
         actor=actor,
         action=action,
         decision=decision,
-        since=parse_when(since) if since else None,
-        until=parse_when(until) if until else None,
+        since=start,
+        until=end,
     )
     _print(search(log, filters, limit=limit), as_json)
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from enclave.cli import args
 from enclave.cli.console import err, out
 from enclave.cli.context import state_dir
 from enclave.compliance.model import Severity
@@ -71,7 +72,10 @@ BaselineOption = Annotated[
 
 
 def check(
-    name: Annotated[str, typer.Argument(help="The enclave's name (metadata.name).")],
+    name: Annotated[
+        str,
+        typer.Argument(help="The enclave's name (metadata.name).", callback=args.enclave_name),
+    ],
     spec: SpecOption = None,
     baseline: BaselineOption = None,
     fmt: Annotated[
@@ -113,6 +117,8 @@ def check(
     """
     if output is not None and fmt is Format.TABLE:
         raise InputError("--output needs a file format (json, junit, sarif, markdown, oscal, html)")
+    if output is not None:
+        args.output_file(output, "--output")  # before the run, not after it
     settings = CheckSettings(name, state_dir(), spec=spec, baseline=baseline)
     if sign:
         signed = sign_waivers(settings)
@@ -127,7 +133,7 @@ def check(
         try:
             output.write_text(writer(report), encoding="utf-8")
         except OSError as exc:
-            raise InputError(f"cannot write {output}: {exc.strerror or exc}") from exc
+            raise InputError(f"--output {output}: cannot write it: {exc.strerror or exc}") from None
         err().print(f"wrote the {fmt.value} report to {output}", markup=False)
     if fail_on is FailOn.NEVER:
         return

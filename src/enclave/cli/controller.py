@@ -23,14 +23,15 @@ import time
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from enclave import lifecycle
 from enclave.audit import AuditLog, AuditSettings
+from enclave.cli import args
 from enclave.cli.console import out, print_json
-from enclave.cli.context import state_dir
+from enclave.cli.context import CONTEXT, state_dir
 from enclave.cli.secretfile import read_secret_file
 from enclave.cli.vaultconn import (
     BootstrapOpt,
@@ -63,11 +64,16 @@ from enclave.vault.controlkey import read_control_key
 from enclave.vault.names import CONTROLLER, EnclavePaths
 from enclave.vault.transit import audit_signer
 
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
 log = logging.getLogger(__name__)
 
 app = typer.Typer(help="The emergency shutdown controller.", no_args_is_help=True)
 
-NameArg = Annotated[str, typer.Argument(help="The enclave's name (metadata.name).")]
+NameArg = Annotated[
+    str, typer.Argument(help="The enclave's name (metadata.name).", callback=args.enclave_name)
+]
 ApiTokenOpt = Annotated[
     Path,
     typer.Option("--token-file", help="File (mode 0600) holding your enclave API token."),
@@ -125,19 +131,17 @@ def run(
     loaded = load_spec(spec)
     if not gateway:
         raise InputError("give at least one --gateway URL")
+    for url in gateway:
+        args.http_url(url, "--gateway")
+    if len(set(gateway)) != len(gateway):
+        raise InputError("--gateway: the same URL is given twice")
     settings = ControllerSettings.from_spec(
         loaded.spec, lost_heartbeat_kills=on_lost_heartbeat is OnLostHeartbeat.KILL
     )
-    state = state_dir()
+    state = CONTEXT.state_dir
     name = loaded.name
     home = controller_dir(state, name)
-    home.mkdir(mode=0o700, parents=True, exist_ok=True)
     shutdown = loaded.spec.shutdown
-    machine = StateMachine(
-        home / "state.json",
-        required=shutdown.resume_approvals,
-        exclude_trigger=shutdown.resume_excludes_trigger,
-    )
     audits = gateway_audit or [lifecycle.audit_dir(state, name)]
     paths = EnclavePaths(name)
     with (
@@ -148,6 +152,7 @@ def run(
             token_file=vault_token_file,
             vault_address=vault_address,
         ) as session,
+        _home(home) as home,  # once logged in: a refused start leaves nothing behind
         audit_signer(session.connection, session.token, paths) as signer,
         AuditLog.open(  # one writer per log: a second controller of this enclave stops here
             home / "audit",
@@ -157,6 +162,11 @@ def run(
             allow_key_change=True,  # a re-provisioned enclave has a new transit key
         ) as audit_log,
     ):
+        machine = StateMachine(
+            home / "state.json",
+            required=shutdown.resume_approvals,
+            exclude_trigger=shutdown.resume_excludes_trigger,
+        )
         key = read_control_key(session.client, paths)
         vault = ControllerVault(session.client, paths)
         controller = Controller(
@@ -179,6 +189,15 @@ def run(
             sock.close()
             with contextlib.suppress(FileNotFoundError):
                 where.unlink()
+
+
+@contextlib.contextmanager
+def _home(home: Path) -> Iterator[Path]:
+    """The controller's directory, created owner-only (the state directory first, so that it is
+    owner-only too: ``mkdir(parents=True)`` gives the parents it makes the default mode)."""
+    state_dir()
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    yield home
 
 
 async def _run(controller: Controller, sock: Any) -> None:
@@ -217,7 +236,8 @@ async def _run(controller: Controller, sock: Any) -> None:
 
 
 def _client(name: str, timeout: float = 900.0) -> ControllerClient:
-    return ControllerClient(socket_path(state_dir(), name), timeout=timeout)
+    # the state directory as it is: asking a controller creates nothing there
+    return ControllerClient(socket_path(CONTEXT.state_dir, name), timeout=timeout)
 
 
 def _raise_for(status: int, data: dict[str, Any]) -> None:
@@ -249,6 +269,8 @@ def kill(
     killed; 2 refused (a bad or expired token, a role without 'kill', no reason); 3 the
     enclave is already killed; 5 the controller does not answer or cannot check tokens.
     """
+    if not reason.strip():
+        raise InputError("--reason: give the reason for the kill (it is recorded in the incident)")
     token = read_secret_file(token_file, "--token-file")
     status, data = _client(name).call("POST", "/kill", token=token, body={"reason": reason})
     _raise_for(status, data)
@@ -362,14 +384,16 @@ def drill(
     (the compliance checks cite it). Exit codes: 0 passed; 1 the drill ran but missed a
     target or did not resume; 2/3/5 as for 'enclave kill'.
     """
+    args.name(purpose, "--purpose")
+    args.name(model, "--model")
     token = read_secret_file(token_file, "--token-file")
+    load_token = read_secret_file(load_token_file, "--load-token-file") if load_token_file else None
     client = _client(name)
     status, info = client.call("GET", "/status")
     _raise_for(status, info)
     gateways = [g["url"] for g in info.get("gateways") or [] if isinstance(g, dict)]
     load: DrillLoad | None = None
-    if load_token_file is not None and gateways:
-        load_token = read_secret_file(load_token_file, "--load-token-file")
+    if load_token is not None and gateways:
         load = DrillLoad(gateways[0], load_token, purpose=purpose, model=model)
     with load if load is not None else contextlib.nullcontext():
         if load is not None:

@@ -12,6 +12,7 @@ import typer
 from enclave import lifecycle
 from enclave.backends.docker import DockerBackend, connect
 from enclave.backends.runtimes import BuiltinWeights
+from enclave.cli import args
 from enclave.cli.console import err, out, print_json
 from enclave.cli.context import state_dir
 from enclave.images.service import ensure_service_images
@@ -20,7 +21,9 @@ from enclave.spec import load_spec
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 SpecArg = Annotated[Path, typer.Argument(help="The enclave spec (enclave.yaml).")]
-NameArg = Annotated[str, typer.Argument(help="The enclave's name (metadata.name).")]
+NameArg = Annotated[
+    str, typer.Argument(help="The enclave's name (metadata.name).", callback=args.enclave_name)
+]
 WheelhouseOpt = Annotated[
     Path | None,
     typer.Option(
@@ -43,6 +46,7 @@ def plan(spec: SpecArg, wheelhouse: WheelhouseOpt = None, as_json: JsonOpt = Fal
 
     Builds missing images first (their tags name the containers' configuration).
     """
+    args.directory(wheelhouse, "--wheelhouse")
     loaded = load_spec(spec)
     lifecycle.check_supported(loaded)
     with closing(connect()) as client:
@@ -69,6 +73,7 @@ def up(spec: SpecArg, wheelhouse: WheelhouseOpt = None, as_json: JsonOpt = False
     conflict, 4 an image or other object is missing (nothing is ever pulled), 5 Docker or Vault
     failed, 6 a weights digest does not match).
     """
+    args.directory(wheelhouse, "--wheelhouse")
     loaded = load_spec(spec)
     console = err()
     with closing(connect()) as client, console.status(f"bringing up {loaded.name}") as status:
@@ -138,7 +143,10 @@ def down(
 
 
 def status(
-    name: Annotated[str | None, typer.Argument(help="The enclave (default: all).")] = None,
+    name: Annotated[
+        str | None,
+        typer.Argument(help="The enclave (default: all).", callback=args.optional_enclave_name),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Components, health, addresses and shutdown state of an enclave (or of all)."""

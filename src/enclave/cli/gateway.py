@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import re
 import signal
 import socket
 import sys
@@ -30,6 +31,7 @@ import typer
 import uvicorn
 
 from enclave.audit import AuditLog, AuditSettings
+from enclave.cli import args
 from enclave.cli.context import state_dir
 from enclave.cli.secretfile import read_secret_file
 from enclave.cli.vaultconn import (
@@ -93,10 +95,16 @@ def _upstreams(values: list[str], models: list[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for value in values:
         name, sep, url = value.partition("=")
-        if not sep or not name or not url.startswith(("http://", "https://")):
+        try:
+            args.http_url(url, "--upstream")
+        except InputError:
+            raise InputError(f"--upstream {value!r}: expected MODEL=http://HOST:PORT") from None
+        if not sep or not name:
             raise InputError(f"--upstream {value!r}: expected MODEL=http://HOST:PORT")
         if name not in models:
             raise InputError(f"--upstream {value!r}: the spec serves no model {name!r}")
+        if name in out:
+            raise InputError(f"--upstream: model {name!r} is given twice")
         out[name] = url
     missing = [name for name in models if name not in out]
     if missing:
@@ -133,6 +141,7 @@ def serve(
     ] = 64,
 ) -> None:
     """Serve the gateway until interrupted; prints its URL once it listens."""
+    args.port(port)
     loaded = load_spec(spec)
     upstreams = _upstreams(upstream, [model.name for model in loaded.spec.models])
     file_key = read_control_key(control_key_file) if control_key_file else None
@@ -243,13 +252,29 @@ def _run_until_signalled(server: uvicorn.Server, sock: socket.socket) -> None:
 # -- the approval commands ------------------------------------------------------------------
 
 
+_APPROVAL_ID = re.compile(r"apr-[A-Za-z0-9]{1,64}")
+
+
+def _approval_id(value: str) -> str:
+    if not _APPROVAL_ID.fullmatch(value):
+        raise InputError(f"APPROVAL_ID: {value!r} is not an approval id (apr-..., as listed)")
+    return value
+
+
 def _call(method: str, gateway: str, path: str, token_file: Path, json: Any = None) -> Any:
+    args.http_url(gateway, "--gateway")
     token = read_secret_file(token_file, "--token-file")
     try:
         with httpx.Client(base_url=gateway, timeout=150.0, trust_env=False) as client:
             answer = client.request(
                 method, path, json=json, headers={"authorization": f"Bearer {token}"}
             )
+    except httpx.TimeoutException:
+        raise ServiceError(f"gateway {gateway}: no answer in time") from None
+    except httpx.TransportError as exc:
+        raise ServiceError(
+            f"gateway {gateway}: cannot connect ({type(exc).__name__}; is it running?)"
+        ) from None
     except httpx.HTTPError as exc:
         raise ServiceError(f"gateway {gateway}: {type(exc).__name__}") from None
     try:
@@ -272,7 +297,9 @@ def _call(method: str, gateway: str, path: str, token_file: Path, json: Any = No
 
 
 def approve(
-    approval_id: Annotated[str, typer.Argument(help="The approval id (apr-...).")],
+    approval_id: Annotated[
+        str, typer.Argument(help="The approval id (apr-...).", callback=_approval_id)
+    ],
     token_file: ApiTokenOpt,
     gateway: GatewayOpt = DEFAULT_GATEWAY,
 ) -> None:
@@ -282,7 +309,9 @@ def approve(
 
 
 def deny(
-    approval_id: Annotated[str, typer.Argument(help="The approval id (apr-...).")],
+    approval_id: Annotated[
+        str, typer.Argument(help="The approval id (apr-...).", callback=_approval_id)
+    ],
     token_file: ApiTokenOpt,
     reason: Annotated[str, typer.Option("--reason", help="Why (shown to the requester).")] = "",
     gateway: GatewayOpt = DEFAULT_GATEWAY,

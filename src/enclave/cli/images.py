@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from enclave.cli import args
 from enclave.cli.console import err, out, print_json
 from enclave.cli.context import state_dir
 from enclave.images.service import ImageInfo, build_service_images, connect_engine, list_images
@@ -42,10 +43,11 @@ def build(
     Exits 5 when the Docker engine is unreachable or a build fails, 3 when a tag exists but
     was built from another recipe.
     """
-    cache = state_dir() / "cache"
-    cache.mkdir(mode=0o700, exist_ok=True)
+    args.directory(wheelhouse, "--wheelhouse")
     console = err()
     with closing(connect_engine()) as client, console.status("checking images") as status:
+        cache = state_dir() / "cache"  # once the engine answers: a failed start leaves nothing
+        cache.mkdir(mode=0o700, exist_ok=True)
 
         def progress(what: str, name: str) -> None:
             status.update(f"building the {_WHAT.get(what, what + ' image')} {name}")

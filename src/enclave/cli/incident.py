@@ -129,12 +129,18 @@ def show(
 def _write_new(path: Path, data: bytes, *, force: bool) -> None:
     """Write ``path`` atomically (owner-only); an existing file only with ``force``."""
     if path.is_dir():
-        raise InputError(f"{path}: is a directory")
+        raise InputError(f"--output {path}: is a directory")
     if not path.parent.is_dir():
-        raise InputError(f"{path.parent}: no such directory")
-    if path.exists() and not force:
+        raise InputError(f"--output {path}: {path.parent}: no such directory")
+    exists = path.exists() or path.is_symlink()
+    if exists and (path.is_symlink() or not path.is_file()):  # a device, a pipe, a link
+        raise InputError(f"--output {path}: not a regular file; it is never replaced")
+    if exists and not force:
         raise ConflictError(f"{path} already exists (use --force to overwrite)")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise InputError(f"--output {path}: cannot write it: {exc.strerror or exc}") from None
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)

@@ -48,7 +48,7 @@ def init(
         check_name(name)
     except ValueError as exc:
         raise InputError(f"--name: {exc}") from None
-    if directory.exists() and not directory.is_dir():
+    if (directory.exists() or directory.is_symlink()) and not directory.is_dir():
         raise InputError(f"{directory}: not a directory")
     spec_text = _template("enclave.yaml").replace("name: demo ", f"name: {name} ", 1)
     targets = {
@@ -56,11 +56,18 @@ def init(
         directory / CATALOG_PATH: _template("catalog.yaml"),
         directory / SCREENS_PATH: _template("screens.yaml"),
     }
-    existing = [str(path) for path in targets if path.exists()]
+    existing = [path for path in targets if path.exists() or path.is_symlink()]
+    for path in existing:
+        if path.is_symlink() or not path.is_file():
+            raise InputError(f"{path}: not a regular file; enclave init writes only files")
     if existing and not force:
-        raise ConflictError(f"{', '.join(existing)} already exist(s) (use --force to overwrite)")
+        names = ", ".join(str(path) for path in existing)
+        raise ConflictError(f"{names} already exist(s) (use --force to overwrite)")
     for path, text in targets.items():
-        _write_atomically(path, text)
+        try:
+            _write_atomically(path, text)
+        except OSError as exc:
+            raise InputError(f"{path}: cannot write it: {exc.strerror or exc}") from None
     console = out()
     for path in targets:
         console.print(f"wrote {path}", markup=False)

@@ -150,12 +150,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0911 - one exit per 
         typer.echo("enclave: aborted", err=True)
         return 130
     except typer.TyperException as exc:  # usage errors: bad option, missing argument, ...
-        show = getattr(exc, "show", None)
-        if callable(show):
-            show()
-        else:
-            typer.echo(f"enclave: error: {exc}", err=True)
-        return int(getattr(exc, "exit_code", InputError.exit_code))
+        return _usage_error(exc)
     except SpecError as exc:
         for problem in exc.problems:
             typer.echo(str(problem), err=True)
@@ -170,6 +165,24 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0911 - one exit per 
         typer.echo(f"enclave: internal error: {type(exc).__name__}: {exc}", err=True)
         return EXIT_INTERNAL
     return result if isinstance(result, int) else 0
+
+
+def _usage_error(exc: typer.TyperException) -> int:
+    """One line for a usage error (bad option, missing argument, bad value), with where to look.
+
+    A group run without its command (``enclave audit``) still prints the group's help.
+    """
+    code = int(getattr(exc, "exit_code", InputError.exit_code))
+    show = getattr(exc, "show", None)
+    if type(exc).__name__ == "NoArgsIsHelpError" and callable(show):
+        show()
+        return code
+    message = " ".join(exc.format_message().split())
+    ctx = getattr(exc, "ctx", None)
+    command = getattr(ctx, "command_path", None)
+    hint = f" (see '{command} --help')" if command else ""
+    typer.echo(f"enclave: error: {message}{hint}", err=True)
+    return code
 
 
 def run() -> NoReturn:

@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from enclave import lifecycle
+from enclave.cli import args
 from enclave.cli.check import BaselineOption, SpecOption
-from enclave.cli.context import state_dir
+from enclave.cli.context import CONTEXT
 from enclave.compliance.drift import load_accepted
 from enclave.compliance.metrics import MonitorMetrics, serve_metrics
 from enclave.compliance.monitor import (
@@ -124,7 +125,10 @@ def _exit_code(outcome: RunOutcome) -> int:
 
 
 def monitor(
-    name: Annotated[str, typer.Argument(help="The enclave's name (metadata.name).")],
+    name: Annotated[
+        str,
+        typer.Argument(help="The enclave's name (metadata.name).", callback=args.enclave_name),
+    ],
     interval: Annotated[
         str | None,
         typer.Option(
@@ -178,12 +182,17 @@ def monitor(
         raise InputError("--interval is for a scheduled monitor, not with --once or --accept")
     if single and metrics_address is not None:
         raise InputError("--metrics-address is for a scheduled monitor, not with --once/--accept")
-    state = state_dir()
+    # the flags and files given first, then the enclave; finding out creates nothing
+    state = CONTEXT.state_dir
+    address = _address(metrics_address) if metrics_address is not None else None
+    every = _interval(interval, spec, state, name)
+    if spec is not None and interval is not None:
+        load_spec(spec)  # _interval read it only without --interval
+    if baseline is not None and not (baseline.exists() or baseline.is_symlink()):
+        raise InputError(f"--baseline {baseline}: no such file or directory")
     home = lifecycle.enclave_dir(state, name)
     if not home.is_dir():
         raise NotFoundError(f"enclave {name}: nothing under {home} (is it up?)")
-    every = _interval(interval, spec, state, name)
-    address = _address(metrics_address) if metrics_address is not None else None
     check = CheckSettings(name, state, spec=spec, baseline=baseline)
     settings = MonitorSettings(check, interval=every.total_seconds())
     if accept:

@@ -29,11 +29,20 @@ def train_weights(
     Training is deterministic: the same enclave version always writes the same bytes.
     Refuses (exit 3) to overwrite an existing file unless --force is given.
     """
-    if output.exists() and not force:
-        raise ConflictError(f"{output} already exists (use --force to overwrite)")
-    if output.exists() and not output.is_file():
+    exists = output.exists() or output.is_symlink()
+    if exists and (output.is_symlink() or not output.is_file()):
         raise InputError(f"--output {output}: not a regular file")
-    typer.echo(write_weights(train(reference_corpus()), output))
+    if exists and not force:
+        raise ConflictError(f"{output} already exists (use --force to overwrite)")
+    parent = output.parent
+    if (parent.exists() or parent.is_symlink()) and not parent.is_dir():
+        raise InputError(f"--output {output}: {parent} is not a directory")
+    weights = train(reference_corpus())
+    try:
+        digest = write_weights(weights, output)
+    except OSError as exc:
+        raise InputError(f"--output {output}: cannot write it: {exc.strerror or exc}") from None
+    typer.echo(digest)
 
 
 @app.command("serve")

@@ -20,7 +20,14 @@ from enclave.errors import InputError, NotFoundError
 from enclave.spec import load_spec
 from enclave.spec.units import format_duration, parse_duration
 from enclave.vault.names import EnclavePaths
-from enclave.vault.tokens import PREFIX, issue, list_tokens, revoke_principal, revoke_token
+from enclave.vault.tokens import (
+    PREFIX,
+    check_token_id,
+    issue,
+    list_tokens,
+    revoke_principal,
+    revoke_token,
+)
 
 if TYPE_CHECKING:
     from datetime import timedelta
@@ -170,6 +177,11 @@ def revoke(
         raise InputError(
             "TOKEN_ID: that is a whole API token; pass only its id (see `enclave token list`)"
         )
+    if token_id is not None:
+        try:
+            check_token_id(token_id)
+        except InputError as exc:
+            raise InputError(f"TOKEN_ID: {exc}") from None
     loaded = load_spec(spec)
     paths = EnclavePaths(loaded.name)
     with admin_session(loaded, token_file) as client:

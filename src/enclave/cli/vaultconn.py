@@ -23,7 +23,7 @@ import typer
 
 from enclave.cli.context import CONTEXT, state_dir
 from enclave.cli.secretfile import read_secret_file
-from enclave.errors import InputError
+from enclave.errors import InputError, SpecError, VaultError
 from enclave.vault.client import VaultConnection, connect
 from enclave.vault.embedded import EmbeddedVault
 from enclave.vault.pending import PendingRollbacks
@@ -72,7 +72,9 @@ def admin_client_for(loaded: LoadedSpec, token_file: Path | None) -> hvac.Client
             "pass its admin token with --vault-token-file FILE"
         )
     connection = external_connection(loaded)
-    client = connect(connection, read_secret_file(token_file, "--vault-token-file"))
+    token = read_secret_file(token_file, "--vault-token-file")
+    with naming(connection):
+        client = connect(connection, token)
     try:  # the state dir as it is (no mkdir): an admin command on its own creates nothing there
         PendingRollbacks.external(CONTEXT.state_dir, connection.address).finish(client)
     except BaseException:
@@ -81,13 +83,28 @@ def admin_client_for(loaded: LoadedSpec, token_file: Path | None) -> hvac.Client
     return client
 
 
-def external_connection(loaded: LoadedSpec) -> VaultConnection:
-    """How the orchestrator reaches the spec's external Vault (its address, its CA bundle)."""
+@contextlib.contextmanager
+def naming(connection: VaultConnection) -> Iterator[None]:
+    """Vault errors raised in the block name the Vault they came from (its address)."""
+    try:
+        yield
+    except VaultError as exc:
+        raise type(exc)(f"{exc} (Vault at {connection.address})") from None
+
+
+def _ca_bundle(loaded: LoadedSpec) -> Path | None:
+    """The spec's ``vault.caBundle`` file; a missing one is a located spec error."""
     vault = loaded.spec.vault
     ca_bundle = loaded.resolve(vault.ca_bundle) if vault.ca_bundle else None
     if ca_bundle is not None and not ca_bundle.is_file():
-        raise InputError(f"spec.vault.caBundle: {ca_bundle}: no such file")
-    return VaultConnection(vault.address, ca_bundle)
+        where = ("spec", "vault", "caBundle")
+        raise SpecError([loaded.problem(where, f"{ca_bundle}: no such file")])
+    return ca_bundle
+
+
+def external_connection(loaded: LoadedSpec) -> VaultConnection:
+    """How the orchestrator reaches the spec's external Vault (its address, its CA bundle)."""
+    return VaultConnection(loaded.spec.vault.address, _ca_bundle(loaded))
 
 
 def pending_rollbacks(loaded: LoadedSpec) -> PendingRollbacks:
@@ -132,7 +149,10 @@ VaultAddressOpt = Annotated[
 def load_material(bootstrap: Path) -> BootstrapMaterial:
     """Bootstrap material from a file, or from stdin when ``bootstrap`` is ``-``."""
     if str(bootstrap) != STDIN:
-        return read_bootstrap(bootstrap)
+        try:
+            return read_bootstrap(bootstrap)
+        except InputError as exc:
+            raise InputError(f"--bootstrap {exc}") from None
     body = sys.stdin.buffer.read(MAX_BOOTSTRAP + 1)
     if len(body) > MAX_BOOTSTRAP:
         raise InputError("--bootstrap -: more than 64 KiB on stdin; not bootstrap material")
@@ -155,10 +175,7 @@ def component_connection(loaded: LoadedSpec, address: str) -> VaultConnection:
                 "(in a container, pass --vault-address unix:///run/enclave/vault/bao.sock)"
             )
         return VaultConnection(address, ca)
-    ca_bundle = loaded.resolve(vault.ca_bundle) if vault.ca_bundle else None
-    if ca_bundle is not None and not ca_bundle.is_file():
-        raise InputError(f"spec.vault.caBundle: {ca_bundle}: no such file")
-    return VaultConnection(address, ca_bundle)
+    return VaultConnection(address, _ca_bundle(loaded))
 
 
 @dataclass(slots=True)
@@ -209,7 +226,8 @@ def component_session(
             f"not {loaded.name}/{component}"
         )
     connection = component_connection(loaded, vault_address or material.address)
-    client = redeem(connection, material)
+    with naming(connection):
+        client = redeem(connection, material)
     try:
         renewer = TokenRenewer.for_client(connection, client).start()
         try:

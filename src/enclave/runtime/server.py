@@ -48,7 +48,10 @@ def bind(host: str, port: int) -> socket.socket:
         sock.listen(2048)
     except OSError as exc:
         sock.close()
-        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        if isinstance(exc, socket.gaierror):  # its errno is a resolver code, not an OS one
+            reason = f"not an address of this host ({exc.strerror})"
+        else:
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
         raise InputError(f"cannot listen on {host}:{port}: {reason}") from None
     return sock
 

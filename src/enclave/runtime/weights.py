@@ -182,9 +182,12 @@ def load_weights(path: Path, sha256: str) -> NgramWeights:
         size = path.stat().st_size
         if size > MAX_WEIGHTS_BYTES:
             raise InputError(f"weights {path}: {size} bytes is larger than the model allows")
-        data = path.read_bytes()
+        with path.open("rb") as handle:  # bounded: a device or a pipe reports no size
+            data = handle.read(MAX_WEIGHTS_BYTES + 1)
     except OSError as exc:
         raise InputError(f"weights {path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_WEIGHTS_BYTES:
+        raise InputError(f"weights {path}: larger than the model allows")
     actual = hashlib.sha256(data).hexdigest()
     if not hmac.compare_digest(actual, expected):
         raise IntegrityError(

@@ -20,7 +20,7 @@ from enclave.errors import Problem, Severity, SpecError
 from enclave.spec.catalog import Classification, UsageCatalog
 from enclave.spec.model import Enclave, EnclaveSpec, Rbac, Shutdown, Usage
 from enclave.spec.references import Sections, check_references
-from enclave.spec.yamlsrc import Document, Path, format_path, parse_yaml
+from enclave.spec.yamlsrc import MAX_BYTES, Document, Path, format_path, parse_yaml
 
 if typing.TYPE_CHECKING:
     from pydantic_core import ErrorDetails
@@ -67,10 +67,22 @@ class LoadedSpec:
         """A path written in the spec, resolved against the spec file's directory."""
         return (self.source.parent / relative).resolve()
 
+    def problem(self, path: Path, message: str) -> Problem:
+        """A problem found later with the field at ``path`` (``("spec", "vault", "caBundle")``),
+        located in the spec file (read again for it; only the file if that fails)."""
+        try:
+            doc = parse_yaml(_read(self.source), str(self.source), keep_going=True)
+        except SpecError:
+            return Problem(str(self.source), 0, 0, format_path(path), message)
+        return doc.problem(path, message)
+
 
 def _read(path: FsPath) -> bytes:
+    """The file's bytes, up to one past the size :func:`parse_yaml` refuses (a device such as
+    /dev/zero, or a pipe that never ends, is cut there rather than read forever)."""
     try:
-        return path.read_bytes()
+        with path.open("rb") as handle:
+            return handle.read(MAX_BYTES + 1)
     except FileNotFoundError:
         raise SpecError([Problem(str(path), 0, 0, "", "file not found")]) from None
     except IsADirectoryError:

@@ -73,6 +73,8 @@ def parse_duration(value: object) -> timedelta:
         pos = match.end()
     if not text or pos != len(text):
         raise ValueError(f"invalid duration {text!r} (use e.g. 500ms, 1s, 1m30s, 5m, 1h)")
+    if total > MAX_DURATION.total_seconds():  # before timedelta(), which overflows on huge ones
+        raise ValueError(f"duration {text!r} is longer than a year")
     result = timedelta(seconds=total)
     if result <= timedelta(0):
         raise ValueError(f"duration {text!r} must be greater than zero")

@@ -93,6 +93,8 @@ API_TOKEN_KEY_BYTES = 32
 API_TOKEN_KEY_FIELD = "key"  # noqa: S105 - a field name, not a secret
 """Field of ``<kv>/data/api-token-key`` holding the base64 HMAC key for the API-token store."""
 BOOTSTRAP_FORMAT = 1
+MAX_BOOTSTRAP_BYTES = 64 * 1024
+"""Bootstrap material is a small JSON document; more is not material."""
 KV_READY_TIMEOUT = 10.0
 """How long to wait for a new KV v2 mount to finish its set-up (seconds)."""
 _KV_UPGRADING = "Upgrading from non-versioned to versioned data"
@@ -618,9 +620,12 @@ def write_bootstrap(material: BootstrapMaterial, path: Path) -> Path:
 def read_bootstrap(path: Path) -> BootstrapMaterial:
     """Load material written by :func:`write_bootstrap`."""
     try:
-        body = path.read_bytes()
+        with path.open("rb") as handle:  # bounded: a device or a pipe may never end
+            body = handle.read(MAX_BOOTSTRAP_BYTES + 1)
     except OSError as exc:
         raise InputError(f"{path}: cannot read bootstrap material ({exc.strerror})") from None
+    if len(body) > MAX_BOOTSTRAP_BYTES:
+        raise InputError(f"{path}: more than 64 KiB; not bootstrap material")
     return parse_bootstrap(body, str(path))
 
 
