@@ -464,17 +464,7 @@ def run(spec: Path, state: Path) -> int:
                 servers.stop_all()
 
     audit = state / "enclaves" / loaded.name / "audit"
-    verify = subprocess.run(
-        [*cli, "audit", "verify", str(audit)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    print(f"$ enclave audit verify {audit}")
-    print(verify.stdout.rstrip() or verify.stderr.rstrip(), flush=True)
-    if verify.returncode != 0:
-        raise DemoError(f"enclave audit verify exited {verify.returncode}")
+    run_shown(cli, ["audit", "verify", str(audit)], timeout=60)
     return 0
 
 
@@ -517,17 +507,7 @@ def run_running(spec: Path, state: Path) -> int:
             carol.read_text(encoding="utf-8").strip(),
         )
     audit = audit_dir(state, loaded.name)
-    verify = subprocess.run(
-        [*enclave_argv(), "--state-dir", str(state), "audit", "verify", str(audit)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    print(f"$ enclave audit verify {audit}")
-    print(verify.stdout.rstrip() or verify.stderr.rstrip(), flush=True)
-    if verify.returncode != 0:
-        raise DemoError(f"enclave audit verify exited {verify.returncode}")
+    run_shown([*enclave_argv(), "--state-dir", str(state)], ["audit", "verify", str(audit)], 60)
     kill_and_resume(loaded.name, state, officers["bob"], carol, officers["dan"])
     return 0
 
@@ -541,14 +521,20 @@ def kill_and_resume(name: str, state: Path, killer: Path, first: Path, second: P
         ("resume", [name, "--token-file", str(second)]),
     ]
     for command, args in steps:
-        done = subprocess.run(
-            [*cli, command, *args], capture_output=True, text=True, timeout=300, check=False
-        )
-        shown = " ".join(a if not a.endswith(".token") else Path(a).name for a in args)
-        print(f"$ enclave {command} {shown}")
-        print(done.stdout.rstrip() or done.stderr.rstrip(), flush=True)
-        if done.returncode != 0:
-            raise DemoError(f"enclave {command} exited {done.returncode}")
+        run_shown(cli, [command, *args], timeout=300)
+
+
+def run_shown(cli: list[str], args: list[str], timeout: float) -> None:
+    """Run ``enclave ARGS`` and show it as typed (token files by their name only) with what it
+    printed; a failure ends the demo."""
+    done = subprocess.run(
+        [*cli, *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+    shown = " ".join(Path(a).name if a.endswith(".token") else a for a in args)
+    print(f"$ enclave {shown}")
+    print(done.stdout.rstrip() or done.stderr.rstrip(), flush=True)
+    if done.returncode != 0:
+        raise DemoError(f"enclave {args[0]} exited {done.returncode}")
 
 
 # -- the compliance summary -----------------------------------------------------------------
@@ -638,17 +624,7 @@ def run_compliance(spec: Path, state: Path) -> int:
     finally:
         admin.adapter.close()
     cli = [*enclave_argv(), "--state-dir", str(state)]
-    drill = subprocess.run(
-        [*cli, "drill", name, "--token-file", str(bob)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    print(f"$ enclave drill {name} --token-file bob.token")
-    print(drill.stdout.rstrip() or drill.stderr.rstrip(), flush=True)
-    if drill.returncode != 0:
-        raise DemoError(f"enclave drill exited {drill.returncode}")
+    run_shown(cli, ["drill", name, "--token-file", str(bob)], timeout=300)
 
     path = waivers_file(state, name)
     existing = load_waivers(path)

@@ -105,17 +105,25 @@ def socket_path(state_dir: Path, name: str) -> Path:
 # -- the server ---------------------------------------------------------------------------------
 
 
+async def _json_object(request: Request) -> dict[str, Any]:
+    """The request's body as a JSON object; ``{}`` when it is empty, larger than
+    :data:`MAX_BODY`, not JSON or not an object (the controller then refuses what is missing)."""
+    body = await request.body()
+    if len(body) > MAX_BODY:
+        return {}
+    try:
+        data = json.loads(body or b"{}")
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def create_api(controller: Controller) -> Starlette:
     """The ASGI app of ``controller``'s API (thin: the controller decides and records)."""
 
     async def kill(request: Request) -> JSONResponse:
         t0 = time.perf_counter()
-        body = await request.body()
-        reason: object = None
-        if len(body) <= MAX_BODY:
-            with contextlib.suppress(ValueError):
-                data = json.loads(body or b"{}")
-                reason = data.get("reason") if isinstance(data, dict) else None
+        reason = (await _json_object(request)).get("reason")
         status, answer = await controller.request_kill(
             request.headers.get("authorization"), reason, t0=t0
         )
@@ -130,25 +138,14 @@ def create_api(controller: Controller) -> Starlette:
 
     async def drill(request: Request) -> JSONResponse:
         t0 = time.perf_counter()
-        body = await request.body()
-        data: object = {}
-        if len(body) <= MAX_BODY:
-            with contextlib.suppress(ValueError):
-                data = json.loads(body or b"{}")
+        data = await _json_object(request)
         status, answer = await controller.request_drill(
-            request.headers.get("authorization"),
-            data if isinstance(data, dict) else {},
-            t0=t0,
+            request.headers.get("authorization"), data, t0=t0
         )
         return JSONResponse(answer, status)
 
     async def drift(request: Request) -> JSONResponse:
-        body = await request.body()
-        reason: object = None
-        if len(body) <= MAX_BODY:
-            with contextlib.suppress(ValueError):
-                data = json.loads(body or b"{}")
-                reason = data.get("reason") if isinstance(data, dict) else None
+        reason = (await _json_object(request)).get("reason")
         if not isinstance(reason, str) or not reason.strip():
             message = "give a reason: a non-empty string (the drifted checks)"
             return JSONResponse({"error": {"code": "invalid_request", "message": message}}, 400)
