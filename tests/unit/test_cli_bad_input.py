@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from enclave.audit import ActorKind, AuditEvent, AuditLog, Decision, Ed25519Signer
+from enclave.audit.incidents import IncidentRecorder, IncidentSeverity, Trigger, TriggerKind
 from enclave.cli.main import main
 from support.workspace import Workspace
 
@@ -175,8 +177,6 @@ def test_audit_search_names_seq_and_refuses_an_empty_window(
 def test_audit_tail_takes_a_count_larger_than_any_log(
     capsys: Output, state: Path, tmp_path: Path
 ) -> None:
-    from enclave.audit import AuditEvent, AuditLog, Decision, Ed25519Signer
-
     log_dir = tmp_path / "log"
     with AuditLog.open(log_dir, enclave="demo", signer=Ed25519Signer.generate()) as log:
         for i in range(3):
@@ -252,9 +252,6 @@ def test_init_into_a_dangling_link_or_under_a_file_is_an_input_error(
 
 
 def _incident_log(tmp_path: Path) -> tuple[Path, str]:
-    from enclave.audit import ActorKind, AuditLog, Ed25519Signer
-    from enclave.audit.incidents import IncidentRecorder, IncidentSeverity, Trigger, TriggerKind
-
     log_dir = tmp_path / "audit"
     with AuditLog.open(log_dir, enclave="demo", signer=Ed25519Signer.generate()) as log:
         incident = IncidentRecorder.for_log(log).open(
